@@ -1,0 +1,184 @@
+"""The ``edgetvm`` command line: parse, validate, call the typed API, print.
+
+Exit codes are fixed per error kind; see ``edgetvm.errors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from edgetvm import __version__
+from edgetvm.errors import EXIT_INTERRUPTED, EdgeTVMError, InputError
+
+log = logging.getLogger("edgetvm")
+
+
+def _cmd_targets(args: argparse.Namespace) -> int:
+    from edgetvm.targets import list_presets
+
+    for preset in list_presets():
+        board = "emulated board available" if preset.emulated_board else ("runs here" if preset.is_host else "board")
+        print(f"{preset.name:<8} {preset.description}  [{board}]")
+    return 0
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from edgetvm.pipeline.build import build_package
+    from edgetvm.pipeline.ingest import load_model
+    from edgetvm.pipeline.tensor_spec import parse_shape_option
+    from edgetvm.targets import resolve_target
+
+    target = resolve_target(args.target)
+    target.check_toolchain()
+    shapes = parse_shape_option(args.input_shape)
+    with _progress(args, f"importing {args.model}"):
+        imported = load_model(args.model, shapes)
+    with _progress(args, f"compiling for {target.name}"):
+        package = build_package(imported, target, args.output)
+    print(f"wrote {package.directory} ({target.name}, {package.manifest['library']['machine']})")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from edgetvm.pipeline.inputs import load_inputs
+    from edgetvm.pipeline.package import Package
+    from edgetvm.pipeline.run_local import LocalRunner
+
+    package = Package.load(args.artifact)
+    inputs = load_inputs(args.inputs, package.inputs, seed=args.seed)
+    outputs = LocalRunner(package).run(inputs)
+    _atomic_savez(Path(args.output), outputs)
+    print(f"wrote {args.output}: " + ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items()))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from edgetvm.pipeline.compare import compare_package
+    from edgetvm.pipeline.inputs import load_inputs
+    from edgetvm.pipeline.package import Package
+
+    package = Package.load(args.artifact)
+    inputs = load_inputs(args.inputs, package.inputs, seed=args.seed)
+    result = compare_package(package, inputs, args.reference)
+    for out in result.outputs:
+        top1 = "n/a" if out.top1_agreement is None else f"{out.top1_agreement:.1%}"
+        print(f"{out.name}: max abs err {out.max_abs_error:.3g}, cosine {out.cosine:.6f}, top-1 agreement {top1}")
+    if args.json:
+        _atomic_write(Path(args.json), json.dumps(result.to_json(), indent=2) + "\n")
+    return 0
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _atomic_savez(path: Path, arrays: dict) -> None:
+    import numpy as np
+
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+class _progress:
+    """A rich spinner for a step, shown only on a terminal and without --quiet."""
+
+    def __init__(self, args: argparse.Namespace, message: str):
+        self.enabled = not getattr(args, "quiet", False) and sys.stdout.isatty()
+        self.message = message
+        self._status = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+
+            self._status = Console().status(self.message)
+            self._status.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._status is not None:
+            self._status.__exit__(*exc)
+        return False
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="an .onnx or .tflite file")
+    parser.add_argument(
+        "--input-shape", action="append", metavar="NAME=DIMS", help="fix an input's shape, e.g. x=1x3x224x224 (repeatable)"
+    )
+
+
+def _add_inputs_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--inputs", help=".npz with one array per model input (default: random, fixed seed)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgetvm", description="Compile, deploy and measure models on edge boards.")
+    parser.add_argument("--version", action="version", version=f"edgetvm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("targets", help="list target presets")
+    p.set_defaults(func=_cmd_targets)
+
+    p = sub.add_parser("compile", help="compile a model into an artifact directory")
+    _add_model_options(p)
+    p.add_argument("--target", "-t", required=True, help="preset name, inline JSON or JSON file")
+    p.add_argument("--output", "-o", required=True, help="artifact directory to write")
+    p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("run", help="run an x86 artifact on this machine")
+    p.add_argument("artifact")
+    _add_inputs_options(p)
+    p.add_argument("--output", "-o", required=True, help=".npz to write the outputs to")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("compare", help="compare an artifact with the original model on the same inputs")
+    p.add_argument("artifact")
+    _add_inputs_options(p)
+    p.add_argument("--reference", help="model to compare against (default: the one in the manifest)")
+    p.add_argument("--json", help="write the metrics to this JSON file")
+    p.set_defaults(func=_cmd_compare)
+
+    _add_deploy_commands(sub)
+    return parser
+
+
+def _add_deploy_commands(sub) -> None:
+    try:
+        from edgetvm.deploy.cli_commands import add_commands
+    except ImportError:  # the deploy layer arrives with the board issue
+        return
+    add_commands(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``edgetvm ARGS``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except EdgeTVMError as err:
+        if args.verbose:
+            log.exception("failed")
+        print(f"edgetvm {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"edgetvm {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,1 @@
+"""Deploying packages to boards: SSH, board bootstrap, the emulated board, RPC sessions, remote measurement."""

@@ -1,0 +1,1 @@
+"""TE/TIR kernels and default schedules."""

@@ -1,0 +1,1 @@
+"""The compilation pipeline: ingest, quantize, build, run and compare."""

@@ -1,0 +1,86 @@
+"""Build: compile an imported model for a target and write a ``Package`` directory."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+
+from edgetvm import __version__
+from edgetvm.errors import BuildError
+from edgetvm.pipeline.ingest import ImportedModel, file_sha256
+from edgetvm.pipeline.package import FORMAT_VERSION, LIBRARY, Package, elf_machine, staging_directory, write_manifest
+from edgetvm.targets import TargetPreset
+
+log = logging.getLogger(__name__)
+
+
+def compile_module(imported: ImportedModel, target: TargetPreset):
+    """Run TVM's Relax pipeline and code generation; returns the ``relax.Executable``.
+
+    Raises
+    ------
+    BuildError
+        When TVM fails on a model the importer accepted.
+    """
+    import tvm
+
+    tvm_target = target.tvm_target()
+    try:
+        return tvm.compile(imported.mod, target=tvm_target)
+    except Exception as err:  # TVM raises TVMError and friends from deep inside its passes
+        raise BuildError(f"compiling {imported.path} for {target.name} failed in TVM: {_last_line(err)}") from err
+
+
+def export_library(executable, target: TargetPreset, path: Path) -> None:
+    """Link the executable into a shared library for the target (with its cross compiler)."""
+    from tvm.support import cc
+
+    target.check_toolchain()
+    fcompile = cc.cross_compiler(target.cross_compiler) if target.cross_compiler else None
+    try:
+        executable.export_library(str(path), fcompile=fcompile)
+    except Exception as err:  # the linker's failure surfaces as RuntimeError with its output
+        raise BuildError(f"linking {path.name} for {target.name} failed: {_last_line(err)}") from err
+
+
+def build_package(
+    imported: ImportedModel, target: TargetPreset, out_dir: str | Path, quantization: dict | str = "none"
+) -> Package:
+    """Compile ``imported`` for ``target`` into ``out_dir`` (``model.so`` + ``manifest.json``), atomically."""
+    import tvm
+
+    target.check_toolchain()
+    executable = compile_module(imported, target)
+    out_dir = Path(out_dir)
+    with staging_directory(out_dir) as staging:
+        library = staging / LIBRARY
+        export_library(executable, target, library)
+        machine = elf_machine(library)
+        if machine != target.arch:
+            raise BuildError(f"{library.name} was linked for {machine}, not for {target.name}'s {target.arch}")
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "edgetvm_version": __version__,
+            "tvm_version": tvm.__version__,
+            "model": {
+                "path": str(imported.path.resolve()),
+                "sha256": imported.sha256,
+                "format": imported.format,
+                "input_shapes": {name: list(shape) for name, shape in imported.input_shapes.items()},
+            },
+            "target": target.to_json(),
+            "inputs": [spec.to_json() for spec in imported.inputs],
+            "outputs": [spec.to_json() for spec in imported.outputs],
+            "quantization": quantization,
+            "library": {"file": LIBRARY, "sha256": file_sha256(library), "machine": machine},
+        }
+        write_manifest(staging, manifest)
+    log.info("wrote %s for %s", out_dir, target.name)
+    return Package.load(out_dir)
+
+
+def _last_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
