@@ -90,12 +90,19 @@ def _atomic_savez(path: Path, arrays: dict) -> None:
 
 
 class _progress:
-    """A rich spinner for a step, shown only on a terminal and without --quiet."""
+    """A rich spinner for a step on a terminal; plain lines on stderr otherwise; nothing with --quiet."""
 
     def __init__(self, args: argparse.Namespace, message: str):
-        self.enabled = not getattr(args, "quiet", False) and sys.stdout.isatty()
+        self.quiet = getattr(args, "quiet", False)
+        self.enabled = not self.quiet and sys.stdout.isatty()
         self.message = message
         self._status = None
+
+    def update(self, message: str) -> None:
+        if self._status is not None:
+            self._status.update(message)
+        elif not self.quiet:  # a log file or CI: one plain line per step
+            print(f"edgetvm: {message}", file=sys.stderr, flush=True)
 
     def __enter__(self):
         if self.enabled:
@@ -157,11 +164,69 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_deploy_commands(sub) -> None:
-    try:
-        from edgetvm.deploy.cli_commands import add_commands
-    except ImportError:  # the deploy layer arrives with the board issue
-        return
-    add_commands(sub)
+    p = sub.add_parser("deploy", help="run an artifact on a board over SSH + TVM RPC and measure it")
+    p.add_argument("artifact")
+    p.add_argument("--board", help="board name from the boards file, or 'emulated' (default: first for the target)")
+    p.add_argument("--boards", help="boards.toml (default: $EDGETVM_BOARDS or ~/.config/edgetvm/boards.toml)")
+    _add_inputs_options(p)
+    p.add_argument("--reference", help="original model to compare with on the host (default: the manifest's)")
+    p.add_argument("--repeat", type=int, default=10, help="timed runs after one warm-up (default 10)")
+    p.add_argument("--threads", type=int, help="runtime threads on the board (default: the target's cores)")
+    p.add_argument("--trust-new-host", action="store_true", help="accept and record an unknown SSH host key")
+    p.add_argument("--output", "-o", help="report JSON to write (outputs go beside it as .npz)")
+    p.set_defaults(func=_cmd_deploy)
+
+    p = sub.add_parser("board", help="the emulated Raspberry Pi (arm64 Debian under qemu-user, SSH on 127.0.0.1)")
+    p.add_argument("action", choices=["up", "down", "status", "shell", "destroy"])
+    p.set_defaults(func=_cmd_board)
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from edgetvm.deploy.measure import DeployOptions, deploy_package
+    from edgetvm.pipeline.package import Package
+
+    package = Package.load(args.artifact)
+    options = DeployOptions(
+        board=args.board, boards_file=args.boards, inputs=args.inputs, reference=args.reference,
+        repeat=args.repeat, threads=args.threads, seed=args.seed, trust_new_host=args.trust_new_host,
+    )
+    with _progress(args, "deploying") as progress:
+        report = deploy_package(package, options, progress.update)
+    if args.output:
+        path = Path(args.output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, json.dumps(report.to_json(), indent=2) + "\n")
+        _atomic_savez(path.with_suffix(".outputs.npz"), report.outputs)
+    print(report.summary())
+    return 0
+
+
+def _cmd_board(args: argparse.Namespace) -> int:
+    import os
+
+    from edgetvm.deploy.emulated_board import EmulatedBoard
+
+    board = EmulatedBoard()
+    if args.action == "up":
+        with _progress(args, "starting the emulated board") as progress:
+            state = board.up(progress.update)
+        print(f"emulated board up: ssh {state.user}@{state.host} -p {state.port} (key {state.key_file})")
+    elif args.action == "down":
+        board.down()
+        print("emulated board down")
+    elif args.action == "destroy":
+        board.destroy()
+        print("emulated board destroyed (the cached root file system tarball is kept)")
+    elif args.action == "status":
+        state = board.status()
+        print(f"up: {state.user}@{state.host}:{state.port}, pid {state.pid}" if state else "down")
+        return 0 if state else 1
+    else:
+        if board.status() is None:
+            raise InputError("the emulated board is down: run 'edgetvm board up' first")
+        argv = board.ssh_command()
+        os.execvp(argv[0], argv)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

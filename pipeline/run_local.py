@@ -18,6 +18,17 @@ def unpack_outputs(result) -> list[np.ndarray]:
     return flat
 
 
+def invoke_main(vm, args) -> list[np.ndarray]:
+    """Call ``main`` and fetch its outputs field by field.
+
+    The stateful calls work the same locally and over RPC, where a returned tuple would arrive as an opaque
+    remote object rather than as tensors.
+    """
+    vm.set_input("main", *args)
+    vm.invoke_stateful("main")
+    return unpack_outputs(vm.get_outputs("main"))
+
+
 class LocalRunner:
     """A package loaded into the Relax VM on this host's CPU."""
 
@@ -41,7 +52,7 @@ class LocalRunner:
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by name for checked inputs (see ``pipeline.inputs.check_inputs``)."""
-        outputs = unpack_outputs(self.vm["main"](*self._args(inputs)))
+        outputs = invoke_main(self.vm, self._args(inputs))
         return {spec.name: array for spec, array in zip(self.package.outputs, outputs)}
 
     def time(self, inputs: dict[str, np.ndarray], repeat: int = 10, number: int = 1) -> list[float]:

@@ -1,0 +1,205 @@
+"""Deploy a package to a board, run it there, measure latency and accuracy against the host reference."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgetvm.deploy.boards import BoardConfig, boards_file, load_boards, select_board
+from edgetvm.deploy.bootstrap import ensure_runtime
+from edgetvm.deploy.rpc_session import BoardSession
+from edgetvm.deploy.ssh import SSHConnection
+from edgetvm.errors import BoardError, InputError
+from edgetvm.pipeline.compare import compare_outputs
+from edgetvm.pipeline.inputs import load_inputs
+from edgetvm.pipeline.package import Package
+from edgetvm.targets import resolve_target
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+EMULATED_NOTE = "emulated board (qemu-user on the host): timings are not hardware timings"
+
+
+@dataclass
+class DeployOptions:
+    """What ``edgetvm deploy`` was asked to do."""
+
+    board: str | None = None
+    boards_file: str | None = None
+    inputs: str | None = None
+    reference: str | None = None
+    repeat: int = 10
+    threads: int | None = None
+    seed: int = 0
+    trust_new_host: bool = False
+
+    def __post_init__(self) -> None:
+        if self.repeat < 1:
+            raise InputError(f"--repeat must be at least 1, got {self.repeat}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {self.threads}")
+
+
+@dataclass
+class DeployReport:
+    """The result of one deploy: where, what, how fast, how accurate."""
+
+    board: dict[str, Any]
+    target: str
+    artifact: dict[str, Any]
+    latency_ms: dict[str, float]
+    accuracy: dict[str, Any] | None
+    outputs: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "created": self.created,
+            "board": self.board,
+            "target": self.target,
+            "artifact": self.artifact,
+            "latency_ms": self.latency_ms,
+            "accuracy": self.accuracy,
+            "outputs": {name: list(array.shape) for name, array in self.outputs.items()},
+        }
+
+    def summary(self) -> str:
+        lat = self.latency_ms
+        lines = [
+            f"board {self.board['name']} ({self.board['machine']}, {self.board['os']}, {self.board['cpu_count']} cpus)"
+            f" target {self.target}",
+            f"latency: median {lat['median']:.2f} ms, p90 {lat['p90']:.2f}, p99 {lat['p99']:.2f}, "
+            f"mean {lat['mean']:.2f} ± {lat['std']:.2f} (n={lat['n']}, {self.board['threads']} threads)",
+        ]
+        if self.board["emulated"]:
+            lines.append(f"note: {EMULATED_NOTE}")
+        for out in (self.accuracy or {}).get("outputs", []):
+            top1 = "n/a" if out["top1_agreement"] is None else f"{out['top1_agreement']:.1%}"
+            lines.append(
+                f"{out['name']}: max abs err {out['max_abs_error']:.3g}, cosine {out['cosine']:.6f}, top-1 {top1}"
+                f" vs {self.accuracy['reference_runtime']} on the host"
+            )
+        if self.accuracy is None:
+            lines.append("accuracy: no reference model (give --reference MODEL)")
+        return "\n".join(lines)
+
+
+def latency_stats(samples_ms: list[float]) -> dict[str, float]:
+    data = np.asarray(samples_ms, dtype=np.float64)
+    return {
+        "median": float(np.median(data)),
+        "p90": float(np.percentile(data, 90)),
+        "p99": float(np.percentile(data, 99)),
+        "mean": float(data.mean()),
+        "std": float(data.std(ddof=1)) if data.size > 1 else 0.0,
+        "n": int(data.size),
+    }
+
+
+def resolve_board(package: Package, options: DeployOptions, progress: Progress | None = None) -> BoardConfig:
+    """The configured board for the package's target, or the emulated board (started if needed)."""
+    target = package.target()
+    boards = load_boards(boards_file(options.boards_file), must_exist=bool(options.boards_file))
+    board = select_board(options.board, target.name, boards)
+    if board is not None:
+        board_arch = resolve_target(board.target).arch
+        if board_arch != package.arch:
+            raise InputError(
+                f"{package.directory} was built for {target.name} ({package.arch}) but board {board.name!r} is a "
+                f"{board.target} ({board_arch}): compile with --target {board.target}"
+            )
+        return board
+    if package.arch != "aarch64" or not target.emulated_board:
+        raise InputError(
+            f"{package.directory} was built for {target.name} ({package.arch}); no board for it is configured in "
+            f"{boards_file(options.boards_file)} and the emulated board runs aarch64 (rpi4, rpi5) only"
+        )
+    from edgetvm.deploy.emulated_board import EmulatedBoard
+
+    state = EmulatedBoard().up(progress)
+    return BoardConfig(
+        name="emulated", host=state.host, port=state.port, user=state.user, key_file=str(state.key_file),
+        known_hosts=str(state.known_hosts), target=target.name, workdir=f"/home/{state.user}/edgetvm", emulated=True,
+    )
+
+
+def deploy_package(package: Package, options: DeployOptions, progress: Progress | None = None) -> DeployReport:
+    """Upload ``package`` to a board over SSH + RPC, run it, time it, and compare with the host reference."""
+    inputs = load_inputs(options.inputs, package.inputs, options.seed)
+    board = resolve_board(package, options, progress)
+    target = package.target()
+    threads = options.threads or target.threads
+    with SSHConnection(board, trust_new_host=options.trust_new_host) as conn:
+        facts = ensure_runtime(conn, target, progress)
+        with BoardSession(conn, threads=threads, progress=progress) as session:
+            outputs, samples = _run_remote(session, package, inputs, options.repeat, progress)
+    accuracy = _accuracy(package, options.reference, inputs, outputs)
+    return DeployReport(
+        board={"name": board.name, "emulated": board.emulated, "host": board.host, "threads": threads,
+               **facts.to_json(), **({"note": EMULATED_NOTE} if board.emulated else {})},
+        target=target.name,
+        artifact={"directory": str(package.directory), "sha256": package.library_sha256,
+                  "model_sha256": package.manifest["model"]["sha256"], "quantization": package.manifest["quantization"]},
+        latency_ms=latency_stats(samples),
+        accuracy=accuracy,
+        outputs=outputs,
+    )
+
+
+def _run_remote(session: BoardSession, package: Package, inputs, repeat: int, progress: Progress | None):
+    import tvm
+    from tvm import relax
+
+    from edgetvm.pipeline.run_local import invoke_main
+
+    remote = session.remote
+    name = f"model-{package.library_sha256[:12]}.so"
+    try:
+        if progress:
+            progress(f"uploading {package.library_path.name} ({package.library_path.stat().st_size >> 10} KiB)")
+        remote.upload(str(package.library_path), name)
+        device = remote.cpu()
+        vm = relax.VirtualMachine(remote.load_module(name), device)
+        args = [tvm.runtime.tensor(inputs[spec.name], device) for spec in package.inputs]
+        if progress:
+            progress("running on the board")
+        result = invoke_main(vm, args)
+        if progress:
+            progress(f"timing {repeat} runs (after a warm-up run)")
+        timer = vm.time_evaluator("main", device, number=1, repeat=repeat, min_repeat_ms=0)
+        samples = [seconds * 1e3 for seconds in timer(*args).results]
+    except BoardError:
+        raise
+    except Exception as err:  # TVM surfaces a dead server or a broken tunnel as TVMError/RuntimeError
+        alive = session.server.alive()
+        why = "the RPC server on the board stopped" if not alive else "the board failed to run the model"
+        raise BoardError(f"board {session.conn.board.name!r}: {why}: {_last_line(err)}") from err
+    outputs = {spec.name: array for spec, array in zip(package.outputs, result)}
+    return outputs, samples
+
+
+def _accuracy(package: Package, reference: str | None, inputs, outputs) -> dict[str, Any] | None:
+    from edgetvm.pipeline.reference import ReferenceModel
+
+    path = Path(reference or package.manifest["model"]["path"])
+    if not path.is_file():
+        if reference:
+            raise InputError(f"--reference {reference}: no such file")
+        log.warning("reference model %s is gone; the report has no accuracy", path)
+        return None
+    model = ReferenceModel(path)
+    expected = model.run(inputs)
+    names = [spec.name for spec in package.outputs]
+    agreements = compare_outputs(names, [outputs[n] for n in names], expected)
+    return {"reference": str(path), "reference_runtime": model.runtime, "outputs": [a.to_json() for a in agreements]}
+
+
+def _last_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
