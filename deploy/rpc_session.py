@@ -70,9 +70,11 @@ class RPCServer:
         )
 
     def alive(self) -> bool:
+        """Whether the server process runs (a killed one can linger as a zombie: state ``Z``)."""
         if self.pgid is None:
             return False
-        return self.conn.run(f"kill -0 -{self.pgid} 2>/dev/null", check=False).exit_status == 0
+        state = self.conn.run(f"cut -d' ' -f3 /proc/{self.pgid}/stat 2>/dev/null", check=False).stdout.strip()
+        return state not in ("", "Z", "X")
 
     def stop(self) -> None:
         """Kill the server's whole process group (its forked workers too) and remove its directory.
