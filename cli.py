@@ -173,6 +173,8 @@ def _add_deploy_commands(sub) -> None:
     p.add_argument("--repeat", type=int, default=10, help="timed runs after one warm-up (default 10)")
     p.add_argument("--threads", type=int, help="runtime threads on the board (default: the target's cores)")
     p.add_argument("--trust-new-host", action="store_true", help="accept and record an unknown SSH host key")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="take a board from a TVM RPC tracker (board farm)")
+    p.add_argument("--rpc-key", help="the tracker key of the boards to use, e.g. rpi4")
     p.add_argument("--output", "-o", help="report JSON to write (outputs go beside it as .npz)")
     p.set_defaults(func=_cmd_deploy)
 
@@ -189,6 +191,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     options = DeployOptions(
         board=args.board, boards_file=args.boards, inputs=args.inputs, reference=args.reference,
         repeat=args.repeat, threads=args.threads, seed=args.seed, trust_new_host=args.trust_new_host,
+        rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
     )
     with _progress(args, "deploying") as progress:
         report = deploy_package(package, options, progress.update)

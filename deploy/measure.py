@@ -12,7 +12,7 @@ import numpy as np
 
 from edgetvm.deploy.boards import BoardConfig, boards_file, load_boards, select_board
 from edgetvm.deploy.bootstrap import ensure_runtime
-from edgetvm.deploy.rpc_session import BoardSession
+from edgetvm.deploy.rpc_session import BoardSession, TrackerSession
 from edgetvm.deploy.ssh import SSHConnection
 from edgetvm.errors import BoardError, InputError
 from edgetvm.pipeline.compare import compare_outputs
@@ -38,12 +38,19 @@ class DeployOptions:
     threads: int | None = None
     seed: int = 0
     trust_new_host: bool = False
+    rpc_tracker: str | None = None
+    rpc_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.repeat < 1:
             raise InputError(f"--repeat must be at least 1, got {self.repeat}")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be at least 1, got {self.threads}")
+        if bool(self.rpc_tracker) != bool(self.rpc_key):
+            raise InputError("--rpc-tracker and --rpc-key go together (e.g. --rpc-tracker 10.0.0.5:9190 --rpc-key rpi4)")
+        if self.rpc_tracker and (self.board or self.threads):
+            raise InputError("--rpc-tracker takes any board of its key: drop --board and --threads (a tracker board "
+                             "runs with the threads its server was started with)")
 
 
 @dataclass
@@ -71,11 +78,12 @@ class DeployReport:
 
     def summary(self) -> str:
         lat = self.latency_ms
+        threads = self.board["threads"] or "board default"
         lines = [
             f"board {self.board['name']} ({self.board['machine']}, {self.board['os']}, {self.board['cpu_count']} cpus)"
             f" target {self.target}",
             f"latency: median {lat['median']:.2f} ms, p90 {lat['p90']:.2f}, p99 {lat['p99']:.2f}, "
-            f"mean {lat['mean']:.2f} ± {lat['std']:.2f} (n={lat['n']}, {self.board['threads']} threads)",
+            f"mean {lat['mean']:.2f} ± {lat['std']:.2f} (n={lat['n']}, {threads} threads)",
         ]
         if self.board["emulated"]:
             lines.append(f"note: {EMULATED_NOTE}")
@@ -132,17 +140,26 @@ def resolve_board(package: Package, options: DeployOptions, progress: Progress |
 def deploy_package(package: Package, options: DeployOptions, progress: Progress | None = None) -> DeployReport:
     """Upload ``package`` to a board over SSH + RPC, run it, time it, and compare with the host reference."""
     inputs = load_inputs(options.inputs, package.inputs, options.seed)
-    board = resolve_board(package, options, progress)
     target = package.target()
-    threads = options.threads or target.threads
-    with SSHConnection(board, trust_new_host=options.trust_new_host) as conn:
-        facts = ensure_runtime(conn, target, progress)
-        with BoardSession(conn, threads=threads, progress=progress) as session:
-            outputs, samples = _run_remote(session, package, inputs, options.repeat, progress)
+    if options.rpc_tracker:
+        with TrackerSession(options.rpc_tracker, options.rpc_key) as session:
+            outputs, samples = _run_remote(session.remote, session.name, session.alive, package, inputs,
+                                           options.repeat, progress)
+        board_facts = {"name": session.name, "emulated": None, "host": options.rpc_tracker, "threads": None,
+                       "machine": package.arch, "os": "unknown", "cpu_count": None, "uname": None}
+    else:
+        board = resolve_board(package, options, progress)
+        threads = options.threads or target.threads
+        with SSHConnection(board, trust_new_host=options.trust_new_host) as conn:
+            facts = ensure_runtime(conn, target, progress)
+            with BoardSession(conn, threads=threads, progress=progress) as session:
+                outputs, samples = _run_remote(session.remote, board.name, session.server.alive, package, inputs,
+                                               options.repeat, progress)
+        board_facts = {"name": board.name, "emulated": board.emulated, "host": board.host, "threads": threads,
+                       **facts.to_json(), **({"note": EMULATED_NOTE} if board.emulated else {})}
     accuracy = _accuracy(package, options.reference, inputs, outputs)
     return DeployReport(
-        board={"name": board.name, "emulated": board.emulated, "host": board.host, "threads": threads,
-               **facts.to_json(), **({"note": EMULATED_NOTE} if board.emulated else {})},
+        board=board_facts,
         target=target.name,
         artifact={"directory": str(package.directory), "sha256": package.library_sha256,
                   "model_sha256": package.manifest["model"]["sha256"], "quantization": package.manifest["quantization"]},
@@ -152,13 +169,13 @@ def deploy_package(package: Package, options: DeployOptions, progress: Progress 
     )
 
 
-def _run_remote(session: BoardSession, package: Package, inputs, repeat: int, progress: Progress | None):
+def _run_remote(remote, board_name: str, alive: Callable[[], bool], package: Package, inputs, repeat: int,
+                progress: Progress | None):
     import tvm
     from tvm import relax
 
     from edgetvm.pipeline.run_local import invoke_main
 
-    remote = session.remote
     name = f"model-{package.library_sha256[:12]}.so"
     try:
         if progress:
@@ -177,9 +194,8 @@ def _run_remote(session: BoardSession, package: Package, inputs, repeat: int, pr
     except BoardError:
         raise
     except Exception as err:  # TVM surfaces a dead server or a broken tunnel as TVMError/RuntimeError
-        alive = session.server.alive()
-        why = "the RPC server on the board stopped" if not alive else "the board failed to run the model"
-        raise BoardError(f"board {session.conn.board.name!r}: {why}: {_last_line(err)}") from err
+        why = "the board failed to run the model" if alive() else "the RPC server on the board stopped"
+        raise BoardError(f"board {board_name!r}: {why}: {_last_line(err)}") from err
     outputs = {spec.name: array for spec, array in zip(package.outputs, result)}
     return outputs, samples
 

@@ -130,3 +130,51 @@ class BoardSession:
     def close(self) -> None:
         self.remote = None
         self.server.stop()
+
+
+class TrackerSession:
+    """A board taken from a TVM RPC tracker by key (a board farm). Use as a context manager.
+
+    Boards register themselves with ``python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY``; the
+    tracker hands out a free one per request. TVM RPC has no authentication: keep the tracker and its boards on
+    a trusted lab network (or reach it through an SSH tunnel).
+    """
+
+    def __init__(self, tracker: str, key: str, timeout_s: float = 60.0):
+        host, sep, port = tracker.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            from edgetvm.errors import InputError
+
+            raise InputError(f"--rpc-tracker {tracker!r}: expected HOST:PORT, e.g. 127.0.0.1:9190")
+        self.host, self.port, self.key, self.timeout_s = host, int(port), key, timeout_s
+        self.name = f"tracker {tracker} key {key}"
+        self.remote = None
+
+    def __enter__(self) -> "TrackerSession":
+        from tvm import rpc
+
+        try:
+            tracker = rpc.connect_tracker(self.host, self.port)
+        except Exception as err:  # TVM raises TVMError/RuntimeError for a refused or reset connection
+            raise BoardError(f"RPC tracker {self.host}:{self.port} is unreachable: {_last_line(err)}") from err
+        summary = tracker.summary()
+        free = [q for q in summary.get("queue_info", {}) if q == self.key]
+        if not free:
+            known = sorted(summary.get("queue_info", {}))
+            raise BoardError(f"RPC tracker {self.host}:{self.port} has no board with key {self.key!r}; keys: {known}")
+        try:
+            self.remote = tracker.request(self.key, priority=1, session_timeout=0, max_retry=3)
+        except Exception as err:  # the tracker answers a failed request with a TVMError
+            raise BoardError(f"RPC tracker {self.host}:{self.port}: no board for key {self.key!r}: {_last_line(err)}") from err
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remote = None
+
+    def alive(self) -> bool:
+        return False  # nothing to probe out of band: any RPC failure counts as the board gone
+
+
+def _last_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__

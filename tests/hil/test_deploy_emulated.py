@@ -89,5 +89,6 @@ def test_server_killed_mid_run_is_one_clear_error(ssh, artifacts, board_processe
     with BoardSession(ssh, threads=1) as session:
         ssh.run(f"kill -KILL -{session.server.pgid}")
         with pytest.raises(BoardError, match="RPC server on the board stopped|connection"):
-            _run_remote(session, package, random_inputs(package.inputs), 1, None)
+            _run_remote(session.remote, "emulated", session.server.alive, package,
+                        random_inputs(package.inputs), 1, None)
     assert board_processes(ssh) == []
