@@ -9,8 +9,8 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from edgetvm import __version__
 from edgetvm.errors import EXIT_INTERRUPTED, EdgeTVMError, InputError
@@ -45,7 +45,6 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from edgetvm.pipeline.inputs import load_inputs
     from edgetvm.pipeline.package import Package
@@ -121,7 +120,10 @@ class _progress:
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="an .onnx or .tflite file")
     parser.add_argument(
-        "--input-shape", action="append", metavar="NAME=DIMS", help="fix an input's shape, e.g. x=1x3x224x224 (repeatable)"
+        "--input-shape",
+        action="append",
+        metavar="NAME=DIMS",
+        help="fix an input's shape, e.g. x=1x3x224x224 (repeatable)",
     )
 
 
@@ -189,9 +191,16 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
     package = Package.load(args.artifact)
     options = DeployOptions(
-        board=args.board, boards_file=args.boards, inputs=args.inputs, reference=args.reference,
-        repeat=args.repeat, threads=args.threads, seed=args.seed, trust_new_host=args.trust_new_host,
-        rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
+        board=args.board,
+        boards_file=args.boards,
+        inputs=args.inputs,
+        reference=args.reference,
+        repeat=args.repeat,
+        threads=args.threads,
+        seed=args.seed,
+        trust_new_host=args.trust_new_host,
+        rpc_tracker=args.rpc_tracker,
+        rpc_key=args.rpc_key,
     )
     with _progress(args, "deploying") as progress:
         report = deploy_package(package, options, progress.update)

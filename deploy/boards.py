@@ -45,7 +45,7 @@ class BoardConfig:
     def remote_workdir(self) -> str:
         return self.workdir or f"/home/{self.user or 'pi'}/edgetvm"
 
-    def resolved(self) -> "BoardConfig":
+    def resolved(self) -> BoardConfig:
         """Apply ``~/.ssh/config`` (HostName, Port, User, IdentityFile) for a Host alias."""
         import paramiko
 

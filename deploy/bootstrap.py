@@ -6,8 +6,8 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from edgetvm.deploy.runtime_wheels import runtime_wheels
 from edgetvm.deploy.ssh import SSHConnection, quote
@@ -31,14 +31,19 @@ class BoardFacts:
     cpu_count: int
 
     def to_json(self) -> dict:
-        return {"machine": self.machine, "uname": self.uname, "os": self.os, "python": self.python,
-                "cpu_count": self.cpu_count}
+        return {
+            "machine": self.machine,
+            "uname": self.uname,
+            "os": self.os,
+            "python": self.python,
+            "cpu_count": self.cpu_count,
+        }
 
 
 def board_facts(conn: SSHConnection) -> BoardFacts:
     """Architecture, OS, Python and CPU count, in one round trip (no Python started: it is slow under qemu)."""
     script = (
-        "uname -m; uname -a; (. /etc/os-release 2>/dev/null && echo \"$PRETTY_NAME\") || echo unknown; "
+        'uname -m; uname -a; (. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME") || echo unknown; '
         "(python3 --version 2>&1 || echo none); nproc"
     )
     lines = conn.run(script, timeout=60).stdout.splitlines()
@@ -87,7 +92,9 @@ def ensure_runtime(conn: SSHConnection, target: TargetPreset, progress: Progress
         f"--disable-pip-version-check --quiet {requirements}",
         timeout=1800,
     )
-    conn.run(f"cd {quote(workdir)} && venv/bin/python -c 'import tvm, tvm.relax, tvm.rpc' && rm -rf wheels", timeout=600)
+    conn.run(
+        f"cd {quote(workdir)} && venv/bin/python -c 'import tvm, tvm.relax, tvm.rpc' && rm -rf wheels", timeout=600
+    )
     conn.run(f"printf %s {quote(json.dumps(wanted))} > {quote(workdir)}/venv/{MARKER}")
     say(f"TVM runtime installed on {conn.board.name}")
     return facts

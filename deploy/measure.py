@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -47,10 +48,14 @@ class DeployOptions:
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be at least 1, got {self.threads}")
         if bool(self.rpc_tracker) != bool(self.rpc_key):
-            raise InputError("--rpc-tracker and --rpc-key go together (e.g. --rpc-tracker 10.0.0.5:9190 --rpc-key rpi4)")
+            raise InputError(
+                "--rpc-tracker and --rpc-key go together (e.g. --rpc-tracker 10.0.0.5:9190 --rpc-key rpi4)"
+            )
         if self.rpc_tracker and (self.board or self.threads):
-            raise InputError("--rpc-tracker takes any board of its key: drop --board and --threads (a tracker board "
-                             "runs with the threads its server was started with)")
+            raise InputError(
+                "--rpc-tracker takes any board of its key: drop --board and --threads (a tracker board "
+                "runs with the threads its server was started with)"
+            )
 
 
 @dataclass
@@ -63,7 +68,7 @@ class DeployReport:
     latency_ms: dict[str, float]
     accuracy: dict[str, Any] | None
     outputs: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
-    created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -132,8 +137,15 @@ def resolve_board(package: Package, options: DeployOptions, progress: Progress |
 
     state = EmulatedBoard().up(progress)
     return BoardConfig(
-        name="emulated", host=state.host, port=state.port, user=state.user, key_file=str(state.key_file),
-        known_hosts=str(state.known_hosts), target=target.name, workdir=f"/home/{state.user}/edgetvm", emulated=True,
+        name="emulated",
+        host=state.host,
+        port=state.port,
+        user=state.user,
+        key_file=str(state.key_file),
+        known_hosts=str(state.known_hosts),
+        target=target.name,
+        workdir=f"/home/{state.user}/edgetvm",
+        emulated=True,
     )
 
 
@@ -143,34 +155,55 @@ def deploy_package(package: Package, options: DeployOptions, progress: Progress 
     target = package.target()
     if options.rpc_tracker:
         with TrackerSession(options.rpc_tracker, options.rpc_key) as session:
-            outputs, samples = _run_remote(session.remote, session.name, session.alive, package, inputs,
-                                           options.repeat, progress)
-        board_facts = {"name": session.name, "emulated": None, "host": options.rpc_tracker, "threads": None,
-                       "machine": package.arch, "os": "unknown", "cpu_count": None, "uname": None}
+            outputs, samples = _run_remote(
+                session.remote, session.name, session.alive, package, inputs, options.repeat, progress
+            )
+        board_facts = {
+            "name": session.name,
+            "emulated": None,
+            "host": options.rpc_tracker,
+            "threads": None,
+            "machine": package.arch,
+            "os": "unknown",
+            "cpu_count": None,
+            "uname": None,
+        }
     else:
         board = resolve_board(package, options, progress)
         threads = options.threads or target.threads
         with SSHConnection(board, trust_new_host=options.trust_new_host) as conn:
             facts = ensure_runtime(conn, target, progress)
             with BoardSession(conn, threads=threads, progress=progress) as session:
-                outputs, samples = _run_remote(session.remote, board.name, session.server.alive, package, inputs,
-                                               options.repeat, progress)
-        board_facts = {"name": board.name, "emulated": board.emulated, "host": board.host, "threads": threads,
-                       **facts.to_json(), **({"note": EMULATED_NOTE} if board.emulated else {})}
+                outputs, samples = _run_remote(
+                    session.remote, board.name, session.server.alive, package, inputs, options.repeat, progress
+                )
+        board_facts = {
+            "name": board.name,
+            "emulated": board.emulated,
+            "host": board.host,
+            "threads": threads,
+            **facts.to_json(),
+            **({"note": EMULATED_NOTE} if board.emulated else {}),
+        }
     accuracy = _accuracy(package, options.reference, inputs, outputs)
     return DeployReport(
         board=board_facts,
         target=target.name,
-        artifact={"directory": str(package.directory), "sha256": package.library_sha256,
-                  "model_sha256": package.manifest["model"]["sha256"], "quantization": package.manifest["quantization"]},
+        artifact={
+            "directory": str(package.directory),
+            "sha256": package.library_sha256,
+            "model_sha256": package.manifest["model"]["sha256"],
+            "quantization": package.manifest["quantization"],
+        },
         latency_ms=latency_stats(samples),
         accuracy=accuracy,
         outputs=outputs,
     )
 
 
-def _run_remote(remote, board_name: str, alive: Callable[[], bool], package: Package, inputs, repeat: int,
-                progress: Progress | None):
+def _run_remote(
+    remote, board_name: str, alive: Callable[[], bool], package: Package, inputs, repeat: int, progress: Progress | None
+):
     import tvm
     from tvm import relax
 
@@ -196,7 +229,7 @@ def _run_remote(remote, board_name: str, alive: Callable[[], bool], package: Pac
     except Exception as err:  # TVM surfaces a dead server or a broken tunnel as TVMError/RuntimeError
         why = "the board failed to run the model" if alive() else "the RPC server on the board stopped"
         raise BoardError(f"board {board_name!r}: {why}: {_last_line(err)}") from err
-    outputs = {spec.name: array for spec, array in zip(package.outputs, result)}
+    outputs = {spec.name: array for spec, array in zip(package.outputs, result, strict=True)}
     return outputs, samples
 
 

@@ -11,7 +11,7 @@ import logging
 import re
 import secrets
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from edgetvm.deploy.ssh import SSHConnection, quote
 from edgetvm.errors import BoardError
@@ -84,7 +84,7 @@ class RPCServer:
         run_dir = quote(self.run_dir)
         pg = str(self.pgid) if self.pgid is not None else f"$(cat {run_dir}/server.pid 2>/dev/null)"
         self.conn.run(
-            f"pg={pg}; if [ -n \"$pg\" ]; then kill -TERM -$pg 2>/dev/null; for i in 1 2 3 4 5 6 7 8 9 10; do "
+            f'pg={pg}; if [ -n "$pg" ]; then kill -TERM -$pg 2>/dev/null; for i in 1 2 3 4 5 6 7 8 9 10; do '
             f"kill -0 -$pg 2>/dev/null || break; sleep 0.5; done; kill -KILL -$pg 2>/dev/null; fi; rm -rf {run_dir}",
             check=False,
             timeout=60,
@@ -107,7 +107,7 @@ class BoardSession:
         self.progress = progress
         self.remote = None
 
-    def __enter__(self) -> "BoardSession":
+    def __enter__(self) -> BoardSession:
         from tvm import rpc
 
         try:
@@ -150,7 +150,7 @@ class TrackerSession:
         self.name = f"tracker {tracker} key {key}"
         self.remote = None
 
-    def __enter__(self) -> "TrackerSession":
+    def __enter__(self) -> TrackerSession:
         from tvm import rpc
 
         try:
@@ -165,7 +165,9 @@ class TrackerSession:
         try:
             self.remote = tracker.request(self.key, priority=1, session_timeout=0, max_retry=3)
         except Exception as err:  # the tracker answers a failed request with a TVMError
-            raise BoardError(f"RPC tracker {self.host}:{self.port}: no board for key {self.key!r}: {_last_line(err)}") from err
+            raise BoardError(
+                f"RPC tracker {self.host}:{self.port}: no board for key {self.key!r}: {_last_line(err)}"
+            ) from err
         return self
 
     def __exit__(self, *exc) -> None:

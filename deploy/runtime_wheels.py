@@ -43,8 +43,20 @@ def runtime_wheels(target: TargetPreset, python_tag: str) -> list[Path]:
     if complete.is_file() and complete.read_text().splitlines() == list(RUNTIME_REQUIREMENTS):
         return sorted(directory.glob("*.whl"))
     staging = Path(tempfile.mkdtemp(prefix=".wheels-", dir=directory.parent if directory.parent.exists() else None))
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-               "--python-version", python_tag, "--implementation", "cp", "-d", str(staging)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--only-binary=:all:",
+        "--python-version",
+        python_tag,
+        "--implementation",
+        "cp",
+        "-d",
+        str(staging),
+    ]
     for platform in target.wheel_platforms:
         command += ["--platform", platform]
     command += list(RUNTIME_REQUIREMENTS)

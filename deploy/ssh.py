@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shlex
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,8 +59,14 @@ class SSHConnection:
         key_file = str(Path(board.key_file).expanduser()) if board.key_file else None
         try:
             self.client.connect(
-                board.host, port=board.port, username=board.user, key_filename=key_file, timeout=timeout,
-                banner_timeout=timeout, auth_timeout=timeout, allow_agent=key_file is None,
+                board.host,
+                port=board.port,
+                username=board.user,
+                key_filename=key_file,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+                allow_agent=key_file is None,
                 look_for_keys=key_file is None,
             )
         except paramiko.BadHostKeyException as err:
@@ -79,9 +84,11 @@ class SSHConnection:
                 raise BoardError(f"{where}: authentication failed: check user and key_file in the boards file") from err
             raise BoardError(f"{where}: SSH failed: {err}") from err
         except (OSError, EOFError) as err:
-            raise BoardError(f"{where}: unreachable ({err or type(err).__name__}); is it on and listening for SSH?") from err
+            raise BoardError(
+                f"{where}: unreachable ({err or type(err).__name__}); is it on and listening for SSH?"
+            ) from err
 
-    def __enter__(self) -> "SSHConnection":
+    def __enter__(self) -> SSHConnection:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -101,7 +108,7 @@ class SSHConnection:
             out = stdout.read().decode(errors="replace")
             err = stderr.read().decode(errors="replace")
             status = stdout.channel.recv_exit_status()
-        except (socket.timeout, TimeoutError) as exc:
+        except TimeoutError as exc:
             raise BoardError(f"board {self.board.name!r}: command timed out after {timeout:.0f} s: {command}") from exc
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise BoardError(f"board {self.board.name!r}: connection lost during: {command} ({exc})") from exc

@@ -34,7 +34,10 @@ class ForwardProcess:
         self.board = board
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgetvm.deploy.ssh_forward"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.proc.stdin.write(json.dumps({"board": asdict(board), "remote_port": remote_port}) + "\n")
         self.proc.stdin.flush()

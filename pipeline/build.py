@@ -61,7 +61,7 @@ def build_package(
             raise BuildError(f"{library.name} was linked for {machine}, not for {target.name}'s {target.arch}")
         manifest = {
             "format_version": FORMAT_VERSION,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "edgetvm_version": __version__,
             "tvm_version": tvm.__version__,
             "model": {

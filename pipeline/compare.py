@@ -60,7 +60,7 @@ def agreement(name: str, actual: np.ndarray, expected: np.ndarray) -> OutputAgre
 
 def compare_outputs(names: list[str], actual: list[np.ndarray], expected: list[np.ndarray]) -> list[OutputAgreement]:
     """One ``OutputAgreement`` per output, in order."""
-    return [agreement(name, a, e) for name, a, e in zip(names, actual, expected)]
+    return [agreement(name, a, e) for name, a, e in zip(names, actual, expected, strict=True)]
 
 
 @dataclass

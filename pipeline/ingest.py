@@ -76,7 +76,9 @@ def detect_format(path: Path) -> str:
     if head[4:8] == b"TFL3":
         return "tflite"
     if path.suffix.lower() == ".tflite":
-        raise ModelError(f"model {path}: not a TFLite flatbuffer (no TFL3 identifier); the file is corrupt or mislabelled")
+        raise ModelError(
+            f"model {path}: not a TFLite flatbuffer (no TFL3 identifier); the file is corrupt or mislabelled"
+        )
     if path.suffix.lower() == ".onnx" or head[:1] == b"\x08":  # ModelProto starts with field 1 (ir_version)
         return "onnx"
     raise ModelError(f"model {path}: not an ONNX or TFLite model; edgetvm reads .onnx and .tflite files")
@@ -119,7 +121,9 @@ def _read_onnx(path: Path):
     onnx_static_shapes.check_model(model, str(path))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 11:
-        raise ModelError(f"model {path}: ONNX opset {opset} is too old; edgetvm reads opset 11 and later (re-export it)")
+        raise ModelError(
+            f"model {path}: ONNX opset {opset} is too old; edgetvm reads opset 11 and later (re-export it)"
+        )
     return model
 
 
@@ -175,9 +179,7 @@ def onnx_to_numpy_dtype(elem_type: int):
 
 
 def _load_tflite(path: Path, shapes: dict[str, tuple[int, ...]]):
-    import tflite
-    from tvm.relax.frontend.tflite import from_tflite
-    from tvm.relax.frontend.tflite import tflite_frontend
+    from tvm.relax.frontend.tflite import from_tflite, tflite_frontend
 
     buf = path.read_bytes()
     model = verified_tflite(buf, path)
@@ -186,7 +188,9 @@ def _load_tflite(path: Path, shapes: dict[str, tuple[int, ...]]):
 
         interpreter = Interpreter(model_content=buf)
     except (ValueError, RuntimeError) as err:
-        raise ModelError(f"model {path}: TFLite cannot load it (truncated or corrupt file): {_first_line(err)}") from err
+        raise ModelError(
+            f"model {path}: TFLite cannot load it (truncated or corrupt file): {_first_line(err)}"
+        ) from err
     subgraph = model.Subgraphs(0)
     converter = tflite_frontend.OperatorConverter(model, subgraph, None, None)
     ops = Counter(converter.get_op_code_str(subgraph.Operators(i)) for i in range(subgraph.OperatorsLength()))
@@ -205,7 +209,9 @@ def _load_tflite(path: Path, shapes: dict[str, tuple[int, ...]]):
         shape = tuple(wanted) if wanted else tuple(declared)
         inputs.append(TensorSpec(detail["name"], shape, str(np.dtype(detail["dtype"]))))
     if shapes:
-        raise ModelError(f"--input-shape names unknown input(s) {sorted(shapes)}; the model's inputs are {[i.name for i in inputs]}")
+        raise ModelError(
+            f"--input-shape names unknown input(s) {sorted(shapes)}; the model's inputs are {[i.name for i in inputs]}"
+        )
     try:
         mod = from_tflite(
             model, shape_dict={s.name: s.shape for s in inputs}, dtype_dict={s.name: s.dtype for s in inputs}
@@ -278,7 +284,7 @@ def _output_specs(mod, names: list[str]) -> list[TensorSpec]:
     if len(fields) != len(names):
         names = [f"output{i}" for i in range(len(fields))]
     specs = []
-    for name, info in zip(names, fields):
+    for name, info in zip(names, fields, strict=True):
         shape = tuple(int(d) for d in info.shape.values) if info.shape is not None else ()
         specs.append(TensorSpec(name, shape, str(info.dtype)))
     return specs

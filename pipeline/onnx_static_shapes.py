@@ -22,9 +22,40 @@ log = logging.getLogger(__name__)
 
 # Ops whose integer results are shape arithmetic; folding them never touches weights or quantized data.
 _SHAPE_OPS = frozenset(
-    {"Shape", "Size", "Slice", "Concat", "Gather", "Unsqueeze", "Squeeze", "Cast", "Add", "Sub", "Mul", "Div",
-     "Floor", "Ceil", "Reshape", "Range", "Equal", "Where", "ConstantOfShape", "ReduceProd", "Max", "Min",
-     "Identity", "Expand", "Not", "Less", "Greater", "Tile", "Transpose", "Mod", "Abs", "Neg"}
+    {
+        "Shape",
+        "Size",
+        "Slice",
+        "Concat",
+        "Gather",
+        "Unsqueeze",
+        "Squeeze",
+        "Cast",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Floor",
+        "Ceil",
+        "Reshape",
+        "Range",
+        "Equal",
+        "Where",
+        "ConstantOfShape",
+        "ReduceProd",
+        "Max",
+        "Min",
+        "Identity",
+        "Expand",
+        "Not",
+        "Less",
+        "Greater",
+        "Tile",
+        "Transpose",
+        "Mod",
+        "Abs",
+        "Neg",
+    }
 )
 _INT_TYPES = frozenset({onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL})
 _MAX_FOLD_ELEMENTS = 4096
@@ -72,13 +103,13 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]])
                     f"input {name!r} has dynamic dimension(s) {declared}: fix them with --input-shape {name}={example}"
                 )
             continue
-        if len(wanted) != len(declared) or any(
-            isinstance(d, int) and d != w for d, w in zip(declared, wanted)
-        ):
-            raise ModelError(
-                f"--input-shape {name}={'x'.join(map(str, wanted))} does not fit the declared shape {declared} of input {name!r}"
-            )
-        for dim, value in zip(inp.type.tensor_type.shape.dim, wanted):
+        fits = len(wanted) == len(declared) and all(
+            not isinstance(d, int) or d == w for d, w in zip(declared, wanted, strict=True)
+        )
+        if not fits:
+            shape = "x".join(map(str, wanted))
+            raise ModelError(f"--input-shape {name}={shape} does not fit input {name!r}, declared as {declared}")
+        for dim, value in zip(inp.type.tensor_type.shape.dim, wanted, strict=True):
             dim.Clear()
             dim.dim_value = value
     return model
@@ -105,7 +136,7 @@ def fold_shape_computations(model: onnx.ModelProto) -> onnx.ModelProto:
         if value is None:
             nodes.append(node)
             continue
-        for name, array in zip(node.output, value):
+        for name, array in zip(node.output, value, strict=True):
             known[name] = array
             nodes.append(_constant_node(name, array))
         folded += 1

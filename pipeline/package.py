@@ -11,10 +11,11 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from edgetvm.errors import InputError
 from edgetvm.pipeline.tensor_spec import TensorSpec
@@ -81,7 +82,7 @@ class Package:
         return TargetPreset.from_json(self.manifest["target"], f"{self.directory}/{MANIFEST}")
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Package":
+    def load(cls, directory: str | Path) -> Package:
         """Read and check an artifact directory.
 
         Raises
@@ -126,9 +127,7 @@ def staging_directory(out_dir: Path) -> Iterator[Path]:
         old = None
         if out_dir.exists():
             if not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
-                raise InputError(
-                    f"{out_dir}: exists and is not an edgetvm artifact; choose another -o or remove it"
-                )
+                raise InputError(f"{out_dir}: exists and is not an edgetvm artifact; choose another -o or remove it")
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
             os.rename(out_dir, old)
         os.rename(staging, out_dir)

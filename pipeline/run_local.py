@@ -53,7 +53,7 @@ class LocalRunner:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by name for checked inputs (see ``pipeline.inputs.check_inputs``)."""
         outputs = invoke_main(self.vm, self._args(inputs))
-        return {spec.name: array for spec, array in zip(self.package.outputs, outputs)}
+        return {spec.name: array for spec, array in zip(self.package.outputs, outputs, strict=True)}
 
     def time(self, inputs: dict[str, np.ndarray], repeat: int = 10, number: int = 1) -> list[float]:
         """Per-run latencies in milliseconds (one warm-up run excluded)."""

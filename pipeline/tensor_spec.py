@@ -18,7 +18,7 @@ class TensorSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "TensorSpec":
+    def from_json(cls, data: dict[str, Any]) -> TensorSpec:
         return cls(name=data["name"], shape=tuple(int(d) for d in data["shape"]), dtype=data["dtype"])
 
     def describe(self) -> str:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgetvm.errors import TargetError
 
@@ -89,7 +90,7 @@ class TargetPreset:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], source: str) -> "TargetPreset":
+    def from_json(cls, data: dict[str, Any], source: str) -> TargetPreset:
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
@@ -103,7 +104,12 @@ class TargetPreset:
         return cls(**data)
 
 
-_AARCH64_WHEELS = ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64", "manylinux_2_34_aarch64")
+_AARCH64_WHEELS = (
+    "manylinux_2_28_aarch64",
+    "manylinux_2_17_aarch64",
+    "manylinux2014_aarch64",
+    "manylinux_2_34_aarch64",
+)
 _ARMV7_WHEELS = ("manylinux_2_31_armv7l", "manylinux_2_17_armv7l", "manylinux2014_armv7l", "linux_armv7l")
 _ARMV7_LLVM = {
     "kind": "llvm",
@@ -137,7 +143,13 @@ _PRESETS: dict[str, Callable[[], TargetPreset]] = {
         TargetPreset(
             name="rpi4",
             description="Raspberry Pi 4 (64-bit OS): aarch64 Cortex-A72, NEON, 4 cores",
-            llvm={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"], "num-cores": 4},
+            llvm={
+                "kind": "llvm",
+                "mtriple": "aarch64-linux-gnu",
+                "mcpu": "cortex-a72",
+                "mattr": ["+neon"],
+                "num-cores": 4,
+            },
             arch="aarch64",
             threads=4,
             cross_compiler="aarch64-linux-gnu-gcc",

@@ -56,14 +56,21 @@ def test_unsupported_ops_are_listed_all_at_once(tmp_path, capsys):
     convert_map = _get_convert_map()
     assert "ConvInteger" not in convert_map  # the int8 issue adds it; until then it is an honest example
     graph = helper.make_graph(
-        nodes, "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4]),
-         helper.make_tensor_value_info("d8", TensorProto.UINT8, [1, 1, 4, 4]),
-         helper.make_tensor_value_info("w8", TensorProto.UINT8, [1, 1, 1, 1])],
-        [helper.make_tensor_value_info("e", TensorProto.INT32, [1, 1, 4, 4]),
-         helper.make_tensor_value_info("d", TensorProto.FLOAT, [1, 1, 4, 4])],
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4]),
+            helper.make_tensor_value_info("d8", TensorProto.UINT8, [1, 1, 4, 4]),
+            helper.make_tensor_value_info("w8", TensorProto.UINT8, [1, 1, 1, 1]),
+        ],
+        [
+            helper.make_tensor_value_info("e", TensorProto.INT32, [1, 1, 4, 4]),
+            helper.make_tensor_value_info("d", TensorProto.FLOAT, [1, 1, 4, 4]),
+        ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]
+    )
     path = tmp_path / "ops.onnx"
     onnx.save(model, path)
     code, err = _compile(capsys, path, tmp_path)

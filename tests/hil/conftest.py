@@ -23,8 +23,15 @@ def emulated_board():
 def board_config(emulated_board) -> BoardConfig:
     s = emulated_board
     return BoardConfig(
-        name="emulated", host=s.host, port=s.port, user=s.user, key_file=str(s.key_file),
-        known_hosts=str(s.known_hosts), target="rpi4", workdir=f"/home/{s.user}/edgetvm", emulated=True,
+        name="emulated",
+        host=s.host,
+        port=s.port,
+        user=s.user,
+        key_file=str(s.key_file),
+        known_hosts=str(s.known_hosts),
+        target="rpi4",
+        workdir=f"/home/{s.user}/edgetvm",
+        emulated=True,
     )
 
 
@@ -43,7 +50,8 @@ def board_processes():
 def _board_processes(conn: SSHConnection, pattern: str = "tvm.exec") -> list[str]:
     """Command lines of the board's processes matching ``pattern`` (ps is not in a minimal rootfs)."""
     out = conn.run(
-        "for p in /proc/[0-9]*; do [ \"$(stat -c %U $p 2>/dev/null)\" = \"$(id -un)\" ] && "
-        "tr '\\0' ' ' < $p/cmdline 2>/dev/null && echo; done", check=False
+        'for p in /proc/[0-9]*; do [ "$(stat -c %U $p 2>/dev/null)" = "$(id -un)" ] && '
+        "tr '\\0' ' ' < $p/cmdline 2>/dev/null && echo; done",
+        check=False,
     ).stdout
     return [line for line in out.splitlines() if pattern in line and "for p in" not in line]

@@ -9,8 +9,9 @@ from edgetvm.deploy.ssh import SSHConnection
 
 
 def _boards_file(tmp_path, **fields):
-    lines = ["[boards.pi]", 'target = "rpi4"'] + [f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}"
-                                                    for k, v in fields.items()]
+    lines = ["[boards.pi]", 'target = "rpi4"'] + [
+        f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in fields.items()
+    ]
     path = tmp_path / "boards.toml"
     path.write_text("\n".join(lines).replace("'", '"') + "\n")
     return path
@@ -41,17 +42,31 @@ def test_unreachable_board(tmp_path, capsys, artifacts):
 def test_wrong_key(tmp_path, capsys, artifacts, emulated_board):
     key = tmp_path / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    boards = _boards_file(tmp_path, host="127.0.0.1", port=emulated_board.port, user="pi", key_file=str(key),
-                          known_hosts=str(emulated_board.known_hosts))
+    boards = _boards_file(
+        tmp_path,
+        host="127.0.0.1",
+        port=emulated_board.port,
+        user="pi",
+        key_file=str(key),
+        known_hosts=str(emulated_board.known_hosts),
+    )
     code, err = _deploy_error(capsys, artifacts("blazeface", "rpi4"), boards)
     assert code == 4 and "authentication failed" in err
 
 
-def test_unknown_host_key_is_refused_then_recorded_on_request(tmp_path, capsys, artifacts, emulated_board, board_config):
+def test_unknown_host_key_is_refused_then_recorded_on_request(
+    tmp_path, capsys, artifacts, emulated_board, board_config
+):
     known = tmp_path / "known_hosts"
     known.write_text("")
-    boards = _boards_file(tmp_path, host="127.0.0.1", port=emulated_board.port, user="pi",
-                          key_file=str(emulated_board.key_file), known_hosts=str(known))
+    boards = _boards_file(
+        tmp_path,
+        host="127.0.0.1",
+        port=emulated_board.port,
+        user="pi",
+        key_file=str(emulated_board.key_file),
+        known_hosts=str(known),
+    )
     code, err = _deploy_error(capsys, artifacts("blazeface", "rpi4"), boards)
     assert code == 4 and "unknown host key" in err and "--trust-new-host" in err
     from dataclasses import replace
@@ -68,15 +83,22 @@ def test_changed_host_key_is_refused(tmp_path, capsys, artifacts, emulated_board
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     known = tmp_path / "known_hosts"
     known.write_text(f"[127.0.0.1]:{emulated_board.port} {(other.with_suffix('.pub')).read_text().strip()}\n")
-    boards = _boards_file(tmp_path, host="127.0.0.1", port=emulated_board.port, user="pi",
-                          key_file=str(emulated_board.key_file), known_hosts=str(known))
+    boards = _boards_file(
+        tmp_path,
+        host="127.0.0.1",
+        port=emulated_board.port,
+        user="pi",
+        key_file=str(emulated_board.key_file),
+        known_hosts=str(known),
+    )
     code, err = _deploy_error(capsys, artifacts("blazeface", "rpi4"), boards)
     assert code == 4 and "does not match" in err
 
 
 @pytest.mark.parametrize("model, target", [("blazeface", "x86"), ("ppocr-cls", "rpi3")])
-def test_artifact_for_another_machine_is_refused_before_upload(tmp_path, capsys, artifacts, emulated_board, ssh,
-                                                               board_processes, model, target):
+def test_artifact_for_another_machine_is_refused_before_upload(
+    tmp_path, capsys, artifacts, emulated_board, ssh, board_processes, model, target
+):
     before = ssh.run("ls /home/pi/edgetvm/run 2>/dev/null | wc -l").stdout
     capsys.readouterr()
     assert main(["deploy", str(artifacts(model, target)), "--board", "emulated"]) == 2

@@ -47,8 +47,16 @@ def test_blazeface_on_the_board_matches_the_host_reference(emulated_board, artif
 def test_classifier_keeps_its_class_on_the_board(emulated_board, artifacts, tmp_path, ppocr_cls_path):
     inputs = tmp_path / "in.npz"
     np.savez(inputs, x=np.random.default_rng(7).random((1, 3, 48, 192), dtype=np.float32))
-    report, _ = _deploy(artifacts("ppocr-cls", "rpi4"), tmp_path, "--inputs", str(inputs),
-                        "--reference", str(ppocr_cls_path), "--threads", "2")
+    report, _ = _deploy(
+        artifacts("ppocr-cls", "rpi4"),
+        tmp_path,
+        "--inputs",
+        str(inputs),
+        "--reference",
+        str(ppocr_cls_path),
+        "--threads",
+        "2",
+    )
     (output,) = report["accuracy"]["outputs"]
     assert report["accuracy"]["reference_runtime"] == "onnxruntime"
     assert output["top1_agreement"] == 1.0 and output["max_abs_error"] < 1e-4
@@ -73,7 +81,7 @@ def test_rpc_server_listens_on_loopback_only_and_leaves_nothing(ssh, board_proce
             for line in ssh.run("cat /proc/net/tcp /proc/net/tcp6").stdout.splitlines()[1:]
             if len(line.split()) > 3 and line.split()[3] == "0A" and line.split()[1].endswith(f":{port:04X}")
         ]
-        assert listening == ["0100007F:%04X" % port]
+        assert listening == [f"0100007F:{port:04X}"]
         assert session.remote.cpu().exist
         assert board_processes(ssh, "tvm.exec.rpc_server")
     assert board_processes(ssh) == []
@@ -89,6 +97,7 @@ def test_server_killed_mid_run_is_one_clear_error(ssh, artifacts, board_processe
     with BoardSession(ssh, threads=1) as session:
         ssh.run(f"kill -KILL -{session.server.pgid}")
         with pytest.raises(BoardError, match="RPC server on the board stopped|connection"):
-            _run_remote(session.remote, "emulated", session.server.alive, package,
-                        random_inputs(package.inputs), 1, None)
+            _run_remote(
+                session.remote, "emulated", session.server.alive, package, random_inputs(package.inputs), 1, None
+            )
     assert board_processes(ssh) == []

@@ -44,8 +44,13 @@ def test_host_preset_names_a_real_cpu_not_native():
 
 
 def test_inline_json_and_file(tmp_path):
-    data = {"name": "myboard", "llvm": {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}, "arch": "aarch64", "threads": 2,
-            "cross_compiler": "aarch64-linux-gnu-gcc"}
+    data = {
+        "name": "myboard",
+        "llvm": {"kind": "llvm", "mtriple": "aarch64-linux-gnu"},
+        "arch": "aarch64",
+        "threads": 2,
+        "cross_compiler": "aarch64-linux-gnu-gcc",
+    }
     assert resolve_target(json.dumps(data)).threads == 2
     path = tmp_path / "t.json"
     path.write_text(json.dumps(data))
