@@ -121,6 +121,22 @@ class BoardState:
     rootfs: Path
     started_at: str
 
+    def board_config(self, target: str):
+        """The board as ``deploy`` sees it: a ``BoardConfig`` named ``emulated`` for ``target``."""
+        from edgetvm.deploy.boards import EMULATED, BoardConfig
+
+        return BoardConfig(
+            name=EMULATED,
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            key_file=str(self.key_file),
+            known_hosts=str(self.known_hosts),
+            target=target,
+            workdir=f"/home/{self.user}/edgetvm",
+            emulated=True,
+        )
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         return {key: str(value) if isinstance(value, Path) else value for key, value in data.items()}

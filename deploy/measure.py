@@ -135,18 +135,7 @@ def resolve_board(package: Package, options: DeployOptions, progress: Progress |
         )
     from edgetvm.deploy.emulated_board import EmulatedBoard
 
-    state = EmulatedBoard().up(progress)
-    return BoardConfig(
-        name="emulated",
-        host=state.host,
-        port=state.port,
-        user=state.user,
-        key_file=str(state.key_file),
-        known_hosts=str(state.known_hosts),
-        target=target.name,
-        workdir=f"/home/{state.user}/edgetvm",
-        emulated=True,
-    )
+    return EmulatedBoard().up(progress).board_config(target.name)
 
 
 def deploy_package(package: Package, options: DeployOptions, progress: Progress | None = None) -> DeployReport:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from edgetvm.deploy.boards import BoardConfig
@@ -21,18 +23,15 @@ def emulated_board():
 
 @pytest.fixture(scope="session")
 def board_config(emulated_board) -> BoardConfig:
-    s = emulated_board
-    return BoardConfig(
-        name="emulated",
-        host=s.host,
-        port=s.port,
-        user=s.user,
-        key_file=str(s.key_file),
-        known_hosts=str(s.known_hosts),
-        target="rpi4",
-        workdir=f"/home/{s.user}/edgetvm",
-        emulated=True,
-    )
+    return emulated_board.board_config("rpi4")
+
+
+@pytest.fixture()
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture()

@@ -10,17 +10,9 @@ import pytest
 from edgetvm.cli import main
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
-def tracker():
-    port = _free_port()
+def tracker(free_port):
+    port = free_port
     proc = subprocess.Popen(
         [
             sys.executable,

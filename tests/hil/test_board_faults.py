@@ -17,6 +17,25 @@ def _boards_file(tmp_path, **fields):
     return path
 
 
+def _emulated_boards_file(tmp_path, state, **overrides):
+    """A boards file naming the emulated board as ``pi``, with some fields changed."""
+    fields = {
+        "host": "127.0.0.1",
+        "port": state.port,
+        "user": "pi",
+        "key_file": str(state.key_file),
+        "known_hosts": str(state.known_hosts),
+        **overrides,
+    }
+    return _boards_file(tmp_path, **fields)
+
+
+def _new_key(tmp_path, name: str):
+    key = tmp_path / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key
+
+
 def _deploy_error(capsys, artifact, boards, *extra) -> tuple[int, str]:
     capsys.readouterr()
     code = main(["-q", "deploy", str(artifact), "--boards", str(boards), "--board", "pi", "--repeat", "1", *extra])
@@ -25,31 +44,14 @@ def _deploy_error(capsys, artifact, boards, *extra) -> tuple[int, str]:
     return code, err
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_unreachable_board(tmp_path, capsys, artifacts):
-    boards = _boards_file(tmp_path, host="127.0.0.1", port=_free_port(), user="pi")
+def test_unreachable_board(tmp_path, capsys, artifacts, free_port):
+    boards = _boards_file(tmp_path, host="127.0.0.1", port=free_port, user="pi")
     code, err = _deploy_error(capsys, artifacts("blazeface", "rpi4"), boards)
     assert code == 4 and "unreachable" in err
 
 
 def test_wrong_key(tmp_path, capsys, artifacts, emulated_board):
-    key = tmp_path / "other_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    boards = _boards_file(
-        tmp_path,
-        host="127.0.0.1",
-        port=emulated_board.port,
-        user="pi",
-        key_file=str(key),
-        known_hosts=str(emulated_board.known_hosts),
-    )
+    boards = _emulated_boards_file(tmp_path, emulated_board, key_file=str(_new_key(tmp_path, "other_key")))
     code, err = _deploy_error(capsys, artifacts("blazeface", "rpi4"), boards)
     assert code == 4 and "authentication failed" in err
 
@@ -59,14 +61,7 @@ def test_unknown_host_key_is_refused_then_recorded_on_request(
 ):
     known = tmp_path / "known_hosts"
     known.write_text("")
-    boards = _boards_file(
-        tmp_path,
-        host="127.0.0.1",
-        port=emulated_board.port,
-        user="pi",
-        key_file=str(emulated_board.key_file),
-        known_hosts=str(known),
-    )
+    boards = _emulated_boards_file(tmp_path, emulated_board, known_hosts=str(known))
     code, err = _deploy_error(capsys, artifacts("blazeface", "rpi4"), boards)
     assert code == 4 and "unknown host key" in err and "--trust-new-host" in err
     from dataclasses import replace
@@ -79,18 +74,10 @@ def test_unknown_host_key_is_refused_then_recorded_on_request(
 
 
 def test_changed_host_key_is_refused(tmp_path, capsys, artifacts, emulated_board):
-    other = tmp_path / "k"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    other = _new_key(tmp_path, "k")
     known = tmp_path / "known_hosts"
     known.write_text(f"[127.0.0.1]:{emulated_board.port} {(other.with_suffix('.pub')).read_text().strip()}\n")
-    boards = _boards_file(
-        tmp_path,
-        host="127.0.0.1",
-        port=emulated_board.port,
-        user="pi",
-        key_file=str(emulated_board.key_file),
-        known_hosts=str(known),
-    )
+    boards = _emulated_boards_file(tmp_path, emulated_board, known_hosts=str(known))
     code, err = _deploy_error(capsys, artifacts("blazeface", "rpi4"), boards)
     assert code == 4 and "does not match" in err
 
