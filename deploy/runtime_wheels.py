@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,8 @@ def runtime_wheels(target: TargetPreset, python_tag: str) -> list[Path]:
     complete = directory / ".complete"
     if complete.is_file() and complete.read_text().splitlines() == list(RUNTIME_REQUIREMENTS):
         return sorted(directory.glob("*.whl"))
-    staging = Path(tempfile.mkdtemp(prefix=".wheels-", dir=directory.parent if directory.parent.exists() else None))
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     command = [
         sys.executable,
         "-m",
@@ -63,12 +65,11 @@ def runtime_wheels(target: TargetPreset, python_tag: str) -> list[Path]:
     log.info("downloading the %s runtime wheels for Python %s", target.arch, python_tag)
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PIP_NO_INPUT": "1"})
     if result.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
         last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
         raise BoardError(f"no TVM runtime wheels for {target.arch} / Python {python_tag} on the package index: {last}")
     (staging / ".complete").write_text("\n".join(RUNTIME_REQUIREMENTS) + "\n")
     if directory.exists():
-        import shutil
-
         shutil.rmtree(directory)
     os.rename(staging, directory)
     return sorted(directory.glob("*.whl"))
