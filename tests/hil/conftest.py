@@ -26,6 +26,16 @@ def board_config(emulated_board) -> BoardConfig:
     return emulated_board.board_config("rpi4")
 
 
+@pytest.fixture(scope="session")
+def board_runtime(board_config):
+    """The TVM runtime installed on the board (the first test to need it pays for the bootstrap)."""
+    from edgetvm.deploy.bootstrap import ensure_runtime
+    from edgetvm.targets import resolve_target
+
+    with SSHConnection(board_config) as conn:
+        return ensure_runtime(conn, resolve_target("rpi4"))
+
+
 @pytest.fixture()
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on."""

@@ -48,7 +48,7 @@ def _wait_for_key(tracker: str, key: str, timeout: float = 180.0) -> None:
     raise AssertionError(f"no board registered with key {key} within {timeout} s")
 
 
-def test_deploy_through_a_tracker(tracker, ssh, artifacts, tmp_path, board_processes):
+def test_deploy_through_a_tracker(tracker, board_runtime, ssh, artifacts, tmp_path, board_processes):
     # The emulated board shares the host's loopback, so its server can register with a tracker on 127.0.0.1.
     workdir = ssh.board.remote_workdir
     pgid = int(

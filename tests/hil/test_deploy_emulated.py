@@ -63,7 +63,7 @@ def test_classifier_keeps_its_class_on_the_board(emulated_board, artifacts, tmp_
     assert report["board"]["threads"] == 2
 
 
-def test_bootstrap_is_skipped_when_the_runtime_is_current(ssh):
+def test_bootstrap_is_skipped_when_the_runtime_is_current(board_runtime, ssh):
     messages = []
     ensure_runtime(ssh, resolve_target("rpi4"), messages.append)
     assert messages == ["TVM runtime on emulated is up to date"]
@@ -71,7 +71,7 @@ def test_bootstrap_is_skipped_when_the_runtime_is_current(ssh):
     assert any(w.startswith("apache_tvm-0.27.0.post1") for w in marker["wheels"])
 
 
-def test_rpc_server_listens_on_loopback_only_and_leaves_nothing(ssh, board_processes):
+def test_rpc_server_listens_on_loopback_only_and_leaves_nothing(board_runtime, ssh, board_processes):
     with BoardSession(ssh, threads=1) as session:
         port = session.server.port
         run_dir = session.server.run_dir
@@ -88,7 +88,7 @@ def test_rpc_server_listens_on_loopback_only_and_leaves_nothing(ssh, board_proce
     assert ssh.run(f"test -e {run_dir}", check=False).exit_status != 0
 
 
-def test_server_killed_mid_run_is_one_clear_error(ssh, artifacts, board_processes):
+def test_server_killed_mid_run_is_one_clear_error(board_runtime, ssh, artifacts, board_processes):
     from edgetvm.deploy.measure import _run_remote
     from edgetvm.errors import BoardError
     from edgetvm.pipeline.inputs import random_inputs
