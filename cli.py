@@ -30,17 +30,31 @@ def _cmd_targets(args: argparse.Namespace) -> int:
 def _cmd_compile(args: argparse.Namespace) -> int:
     from edgetvm.pipeline.build import build_package
     from edgetvm.pipeline.ingest import load_model
+    from edgetvm.pipeline.quantize import quantize
+    from edgetvm.pipeline.schemes import get_scheme
     from edgetvm.pipeline.tensor_spec import parse_shape_option
     from edgetvm.targets import resolve_target
 
     target = resolve_target(args.target)
     target.check_toolchain()
+    scheme = get_scheme(args.quantize)
     shapes = parse_shape_option(args.input_shape)
     with _progress(args, f"importing {args.model}"):
         imported = load_model(args.model, shapes)
+    if not scheme.is_float:
+        with _progress(args, f"quantizing with {scheme.name}"):
+            imported = quantize(imported, scheme)
     with _progress(args, f"compiling for {target.name}"):
-        package = build_package(imported, target, args.output)
+        package = build_package(imported, target, args.output, "none" if scheme.is_float else scheme.to_json())
     print(f"wrote {package.directory} ({target.name}, {package.manifest['library']['machine']})")
+    return 0
+
+
+def _cmd_schemes(args: argparse.Namespace) -> int:
+    from edgetvm.pipeline.schemes import list_schemes
+
+    for scheme in list_schemes():
+        print(f"{scheme.name:<14} {scheme.description}")
     return 0
 
 
@@ -146,7 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--target", "-t", required=True, help="preset name, inline JSON or JSON file")
     p.add_argument("--output", "-o", required=True, help="artifact directory to write")
+    p.add_argument("--quantize", default="none", metavar="SCHEME", help="quantization scheme (default none)")
     p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("schemes", help="list quantization schemes")
+    p.set_defaults(func=_cmd_schemes)
 
     p = sub.add_parser("run", help="run an x86 artifact on this machine")
     p.add_argument("artifact")

@@ -57,3 +57,9 @@ class BudgetError(EdgeTVMError):
 
 
 EXIT_INTERRUPTED = 130
+
+
+def last_line(err: BaseException) -> str:
+    """The last non-empty line of an exception's message: where TVM and tools put the actual complaint."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__

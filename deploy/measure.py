@@ -15,7 +15,7 @@ from edgetvm.deploy.boards import BoardConfig, boards_file, load_boards, select_
 from edgetvm.deploy.bootstrap import ensure_runtime
 from edgetvm.deploy.rpc_session import BoardSession, TrackerSession
 from edgetvm.deploy.ssh import SSHConnection
-from edgetvm.errors import BoardError, InputError
+from edgetvm.errors import BoardError, InputError, last_line
 from edgetvm.pipeline.compare import compare_outputs
 from edgetvm.pipeline.inputs import load_inputs
 from edgetvm.pipeline.package import Package
@@ -217,7 +217,7 @@ def _run_remote(
         raise
     except Exception as err:  # TVM surfaces a dead server or a broken tunnel as TVMError/RuntimeError
         why = "the board failed to run the model" if alive() else "the RPC server on the board stopped"
-        raise BoardError(f"board {board_name!r}: {why}: {_last_line(err)}") from err
+        raise BoardError(f"board {board_name!r}: {why}: {last_line(err)}") from err
     outputs = {spec.name: array for spec, array in zip(package.outputs, result, strict=True)}
     return outputs, samples
 
@@ -236,8 +236,3 @@ def _accuracy(package: Package, reference: str | None, inputs, outputs) -> dict[
     names = [spec.name for spec in package.outputs]
     agreements = compare_outputs(names, [outputs[n] for n in names], expected)
     return {"reference": str(path), "reference_runtime": model.runtime, "outputs": [a.to_json() for a in agreements]}
-
-
-def _last_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(err).__name__

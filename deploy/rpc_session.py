@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from edgetvm.deploy.ssh import SSHConnection, quote
-from edgetvm.errors import BoardError
+from edgetvm.errors import BoardError, last_line
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class TrackerSession:
         try:
             tracker = rpc.connect_tracker(self.host, self.port)
         except Exception as err:  # TVM raises TVMError/RuntimeError for a refused or reset connection
-            raise BoardError(f"RPC tracker {self.host}:{self.port} is unreachable: {_last_line(err)}") from err
+            raise BoardError(f"RPC tracker {self.host}:{self.port} is unreachable: {last_line(err)}") from err
         summary = tracker.summary()
         free = [q for q in summary.get("queue_info", {}) if q == self.key]
         if not free:
@@ -166,7 +166,7 @@ class TrackerSession:
             self.remote = tracker.request(self.key, priority=1, session_timeout=0, max_retry=3)
         except Exception as err:  # the tracker answers a failed request with a TVMError
             raise BoardError(
-                f"RPC tracker {self.host}:{self.port}: no board for key {self.key!r}: {_last_line(err)}"
+                f"RPC tracker {self.host}:{self.port}: no board for key {self.key!r}: {last_line(err)}"
             ) from err
         return self
 
@@ -175,8 +175,3 @@ class TrackerSession:
 
     def alive(self) -> bool:
         return False  # nothing to probe out of band: any RPC failure counts as the board gone
-
-
-def _last_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(err).__name__

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from edgetvm import __version__
-from edgetvm.errors import BuildError
+from edgetvm.errors import BuildError, last_line
 from edgetvm.pipeline.ingest import ImportedModel, file_sha256
 from edgetvm.pipeline.package import FORMAT_VERSION, LIBRARY, Package, elf_machine, staging_directory, write_manifest
 from edgetvm.targets import TargetPreset
@@ -29,7 +29,7 @@ def compile_module(imported: ImportedModel, target: TargetPreset):
     try:
         return tvm.compile(imported.mod, target=tvm_target)
     except Exception as err:  # TVM raises TVMError and friends from deep inside its passes
-        raise BuildError(f"compiling {imported.path} for {target.name} failed in TVM: {_last_line(err)}") from err
+        raise BuildError(f"compiling {imported.path} for {target.name} failed in TVM: {last_line(err)}") from err
 
 
 def export_library(executable, target: TargetPreset, path: Path) -> None:
@@ -41,7 +41,7 @@ def export_library(executable, target: TargetPreset, path: Path) -> None:
     try:
         executable.export_library(str(path), fcompile=fcompile)
     except Exception as err:  # the linker's failure surfaces as RuntimeError with its output
-        raise BuildError(f"linking {path.name} for {target.name} failed: {_last_line(err)}") from err
+        raise BuildError(f"linking {path.name} for {target.name} failed: {last_line(err)}") from err
 
 
 def build_package(
@@ -79,8 +79,3 @@ def build_package(
         write_manifest(staging, manifest)
     log.info("wrote %s for %s", out_dir, target.name)
     return Package.load(out_dir)
-
-
-def _last_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(err).__name__

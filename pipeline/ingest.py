@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetvm.errors import ModelError
+from edgetvm.errors import ModelError, last_line
 from edgetvm.pipeline import onnx_static_shapes
 from edgetvm.pipeline.tensor_spec import TensorSpec
 
@@ -168,7 +168,7 @@ def _load_onnx(path: Path, shapes: dict[str, tuple[int, ...]]):
     try:
         mod = from_onnx(model, dtype_dict={s.name: s.dtype for s in inputs}, keep_params_in_input=False)
     except Exception as err:  # TVM raises TVMError, TypeError, ValueError... from inside converters
-        raise ModelError(f"model {path}: TVM's ONNX importer failed: {_first_line(err)}") from err
+        raise ModelError(f"model {path}: TVM's ONNX importer failed: {last_line(err)}") from err
     return mod, inputs, [out.name for out in model.graph.output]
 
 
@@ -188,9 +188,7 @@ def _load_tflite(path: Path, shapes: dict[str, tuple[int, ...]]):
 
         interpreter = Interpreter(model_content=buf)
     except (ValueError, RuntimeError) as err:
-        raise ModelError(
-            f"model {path}: TFLite cannot load it (truncated or corrupt file): {_first_line(err)}"
-        ) from err
+        raise ModelError(f"model {path}: TFLite cannot load it (truncated or corrupt file): {last_line(err)}") from err
     subgraph = model.Subgraphs(0)
     converter = tflite_frontend.OperatorConverter(model, subgraph, None, None)
     ops = Counter(converter.get_op_code_str(subgraph.Operators(i)) for i in range(subgraph.OperatorsLength()))
@@ -217,7 +215,7 @@ def _load_tflite(path: Path, shapes: dict[str, tuple[int, ...]]):
             model, shape_dict={s.name: s.shape for s in inputs}, dtype_dict={s.name: s.dtype for s in inputs}
         )
     except Exception as err:  # TVM raises many kinds from inside converters
-        raise ModelError(f"model {path}: TVM's TFLite importer failed: {_first_line(err)}") from err
+        raise ModelError(f"model {path}: TVM's TFLite importer failed: {last_line(err)}") from err
     return mod, inputs, [d["name"] for d in interpreter.get_output_details()]
 
 
@@ -271,11 +269,6 @@ def _walk_tflite_subgraph(subgraph, n_buffers: int, n_codes: int) -> None:
     for tensor_index in list(subgraph.InputsAsNumpy()) + list(subgraph.OutputsAsNumpy()):
         if tensor_index >= n_tensors:
             raise IndexError(f"subgraph names tensor {tensor_index} of {n_tensors}")
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(err).__name__
 
 
 def _output_specs(mod, names: list[str]) -> list[TensorSpec]:

@@ -1,4 +1,5 @@
-"""Shared fixtures. Tests are grouped by what they need: unit/, e2e/ (TVM builds), hil/ (the emulated board)."""
+"""Shared fixtures. Tests are grouped by what they need: unit/, passes/ (Relax passes, small TVM builds), e2e/ (TVM
+builds of real models), hil/ (the emulated board)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from edgetvm.pipeline.bundled_models import bundled_model
 def pytest_collection_modifyitems(config, items):
     for item in items:
         group = Path(str(item.fspath)).parent.name
-        if group in ("unit", "e2e", "hil"):
+        if group in ("unit", "passes", "e2e", "hil"):
             item.add_marker(getattr(pytest.mark, group))
 
 

@@ -1,0 +1,145 @@
+"""Quantization schemes: frozen presets in one registry, chosen by name (``--quantize w8a8-dynamic``).
+
+Adding a scheme is one ``register_scheme(QuantScheme(...))`` here plus its pass list in ``pipeline/quantize.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from edgetvm.errors import InputError
+
+WEIGHT_GRANULARITIES = ("per-channel", "per-tensor")
+ACTIVATION_MODES = ("none", "static", "dynamic")
+WEIGHT_BITS = (1, 2, 4, 8, 32)
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """How weights and activations are quantized.
+
+    Attributes
+    ----------
+    name : str
+        The registry key, e.g. ``w8a8-dynamic``.
+    description : str
+        One line for ``edgetvm schemes``.
+    weight_bits : int
+        Bits per weight; 32 means float weights.
+    weight_granularity : str
+        ``per-channel`` (one scale per output channel) or ``per-tensor``.
+    symmetric : bool
+        Zero point fixed at 0.
+    activation_mode : str
+        ``none`` (float activations), ``static`` (scales from calibration) or ``dynamic`` (scales at run time).
+    calibration : str or None
+        The calibration method for static activations (``min-max``, ...); None otherwise.
+    """
+
+    name: str
+    description: str
+    weight_bits: int
+    weight_granularity: str
+    symmetric: bool
+    activation_mode: str
+    calibration: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise InputError(f"quantization scheme: field 'name' must be a non-empty string, got {self.name!r}")
+        _check_choice(self.name, "weight_bits", WEIGHT_BITS, self.weight_bits)
+        _check_choice(self.name, "weight_granularity", WEIGHT_GRANULARITIES, self.weight_granularity)
+        _check_choice(self.name, "symmetric", (True, False), self.symmetric)
+        _check_choice(self.name, "activation_mode", ACTIVATION_MODES, self.activation_mode)
+        if self.activation_mode == "static" and not self.calibration:
+            raise InputError(
+                f"quantization scheme {self.name!r}: field 'calibration' must name a method when "
+                f"activation_mode is 'static', got {self.calibration!r}"
+            )
+        if self.activation_mode != "static" and self.calibration is not None:
+            raise InputError(
+                f"quantization scheme {self.name!r}: field 'calibration' must be None when activation_mode is "
+                f"{self.activation_mode!r}, got {self.calibration!r}"
+            )
+
+    @property
+    def is_float(self) -> bool:
+        """True for the scheme that leaves the model as imported."""
+        return self.weight_bits == 32 and self.activation_mode == "none"
+
+    def to_json(self) -> dict:
+        """The scheme as recorded in ``manifest.json``."""
+        return asdict(self)
+
+
+def _check_choice(scheme: str, field: str, allowed: tuple, value) -> None:
+    # bool is an int subclass: compare types too, so that weight_bits=True or symmetric=1 are refused
+    if not any(type(value) is type(choice) and value == choice for choice in allowed):
+        listed = ", ".join(repr(choice) for choice in allowed)
+        raise InputError(f"quantization scheme {scheme!r}: field {field!r} must be one of {listed}, got {value!r}")
+
+
+_SCHEMES: dict[str, QuantScheme] = {}
+
+
+def register_scheme(scheme: QuantScheme) -> QuantScheme:
+    """Add ``scheme`` to the registry.
+
+    Raises
+    ------
+    InputError
+        When a scheme of the same name is already registered.
+    """
+    if scheme.name in _SCHEMES:
+        raise InputError(f"quantization scheme {scheme.name!r} is already registered")
+    _SCHEMES[scheme.name] = scheme
+    return scheme
+
+
+def unregister_scheme(name: str) -> None:
+    """Remove a scheme (for tests and plug-ins that replace one); unknown names are ignored."""
+    _SCHEMES.pop(name, None)
+
+
+def get_scheme(name: str) -> QuantScheme:
+    """The registered scheme called ``name``.
+
+    Raises
+    ------
+    InputError
+        For an unknown name; the message lists the known ones.
+    """
+    try:
+        return _SCHEMES[name]
+    except KeyError:
+        raise InputError(
+            f"unknown quantization scheme {name!r}; known schemes: {', '.join(sorted(_SCHEMES))}"
+        ) from None
+
+
+def list_schemes() -> list[QuantScheme]:
+    """Every registered scheme, in registration order."""
+    return list(_SCHEMES.values())
+
+
+NONE = register_scheme(
+    QuantScheme(
+        name="none",
+        description="float32 as imported, no quantization",
+        weight_bits=32,
+        weight_granularity="per-tensor",
+        symmetric=True,
+        activation_mode="none",
+    )
+)
+
+W8A8_DYNAMIC = register_scheme(
+    QuantScheme(
+        name="w8a8-dynamic",
+        description="int8 symmetric per-output-channel weights, int8 per-tensor activations scaled at run time",
+        weight_bits=8,
+        weight_granularity="per-channel",
+        symmetric=True,
+        activation_mode="dynamic",
+    )
+)

@@ -1,0 +1,75 @@
+"""The PP-OCR classifier compiled with --quantize w8a8-dynamic, against onnxruntime's float run."""
+
+import numpy as np
+import pytest
+
+from edgetvm.cli import main
+from edgetvm.pipeline.package import Package, elf_machine
+from edgetvm.pipeline.run_local import LocalRunner
+
+SHAPE = ["--input-shape", "x=1x3x48x192"]
+# Measured on 16 random inputs (seed 0): top-1 agreement 16/16, lowest cosine 0.9963 (two-class softmax outputs).
+# The bounds leave room for other CPUs' rounding; they still fail if a layer's scales are wrong.
+MIN_TOP1_AGREEMENT = 0.9
+MIN_COSINE = 0.99
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory, ppocr_cls_path):
+    """Compile on first use: ``quantized(target)`` -> artifact directory."""
+    root = tmp_path_factory.mktemp("quantized")
+    built = {}
+
+    def get(target: str):
+        if target not in built:
+            out = root / target
+            argv = ["-q", "compile", str(ppocr_cls_path), *SHAPE, "--target", target, "--quantize", "w8a8-dynamic"]
+            assert main([*argv, "-o", str(out)]) == 0
+            built[target] = out
+        return built[target]
+
+    return get
+
+
+def test_manifest_records_the_scheme(quantized):
+    quantization = Package.load(quantized("x86")).manifest["quantization"]
+    assert quantization["name"] == "w8a8-dynamic"
+    assert quantization["weight_bits"] == 8 and quantization["weight_granularity"] == "per-channel"
+    assert quantization["symmetric"] is True and quantization["activation_mode"] == "dynamic"
+    assert quantization["calibration"] is None
+
+
+def test_x86_int8_build_agrees_with_onnxruntime_float(quantized, ppocr_cls_path):
+    import onnxruntime as ort
+
+    runner = LocalRunner(Package.load(quantized("x86")))
+    session = ort.InferenceSession(str(ppocr_cls_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    agree, cosines, errors = 0, [], []
+    for _ in range(16):
+        x = rng.random((1, 3, 48, 192), dtype=np.float32)
+        got = next(iter(runner.run({"x": x}).values())).ravel()
+        expected = session.run(None, {"x": x})[0].ravel()
+        agree += int(got.argmax() == expected.argmax())
+        cosines.append(float(got @ expected / np.linalg.norm(got) / np.linalg.norm(expected)))
+        errors.append(float(np.abs(got - expected).max()))
+    assert agree / 16 >= MIN_TOP1_AGREEMENT, agree
+    assert min(cosines) > MIN_COSINE, cosines
+    assert max(errors) > 1e-3, errors  # the float build differs by 1e-7: this proves the int8 layers ran
+
+
+def test_rpi4_int8_build_is_aarch64(quantized):
+    package = Package.load(quantized("rpi4"))
+    assert elf_machine(package.library_path) == "aarch64"
+    assert package.manifest["quantization"]["name"] == "w8a8-dynamic"
+
+
+def test_schemes_command_and_unknown_scheme(ppocr_cls_path, tmp_path, capsys):
+    assert main(["schemes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["none", "w8a8-dynamic"]
+    argv = ["compile", str(ppocr_cls_path), *SHAPE, "--target", "x86", "--quantize", "w4a4", "-o", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "unknown quantization scheme 'w4a4'; known schemes: none, w8a8-dynamic" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()

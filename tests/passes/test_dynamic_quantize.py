@@ -1,0 +1,184 @@
+"""DynamicQuantize on a tiny conv2d + relu + matmul module: the IR it writes and the numbers it computes."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+from tvm.script import relax as R
+
+from edgetvm.pipeline.passes import DynamicQuantize
+from edgetvm.pipeline.passes.dynamic_quantize import EPSILON, quantize_weight
+
+X_SHAPE = (1, 3, 8, 8)
+AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}
+
+
+@pytest.fixture(scope="module")
+def weights():
+    rng = np.random.default_rng(0)
+    return {
+        "conv": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        "bias": rng.standard_normal((1, 4, 1, 1)).astype(np.float32),
+        "dense": rng.standard_normal((4 * 4 * 4, 5)).astype(np.float32),
+    }
+
+
+def _module(weights, dense_weight_is_input: bool = False) -> tvm.IRModule:
+    """conv2d(stride 2, pad 1) + bias + relu -> reshape -> matmul; the matmul weight is a constant or an input."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(X_SHAPE, "float32"))
+    params = [x]
+    if dense_weight_is_input:
+        params.append(relax.Var("w", relax.TensorType(weights["dense"].shape, "float32")))
+    with bb.function("main", params):
+        with bb.dataflow():
+            conv = bb.emit(R.nn.conv2d(x, relax.const(weights["conv"]), strides=[2, 2], padding=[1, 1, 1, 1]))
+            act = bb.emit(R.nn.relu(R.add(conv, relax.const(weights["bias"]))))
+            flat = bb.emit(R.reshape(act, (1, 64)))
+            dense = params[1] if dense_weight_is_input else relax.const(weights["dense"])
+            out = bb.emit_output(R.matmul(flat, dense))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _calls(mod: tvm.IRModule) -> list[relax.Call]:
+    found = []
+    relax.analysis.post_order_visit(
+        mod["main"], lambda e: found.append(e) if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) else None
+    )
+    return found
+
+
+def _run(mod: tvm.IRModule, x: np.ndarray) -> np.ndarray:
+    target = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+# numpy emulation of the int8 math the pass writes
+
+
+def _quantize_activation(x: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    scale = np.float32(max(np.abs(x).max(), EPSILON)) / np.float32(127)
+    return np.clip(np.round(x / scale), -127, 127).astype(np.int64), scale
+
+
+def _conv2d_nchw(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
+    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    kh, kw = w.shape[2:]
+    oh, ow = (x.shape[2] - kh) // stride + 1, (x.shape[3] - kw) // stride + 1
+    out = np.zeros((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            patch = x[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride]
+            out += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
+    return out
+
+
+def _emulate(weights, x: np.ndarray) -> np.ndarray:
+    xq, x_scale = _quantize_activation(x)
+    wq, w_scale = quantize_weight(weights["conv"], 0)
+    acc = _conv2d_nchw(xq, wq.astype(np.int64), stride=2, pad=1)
+    conv = acc.astype(np.float32) * (x_scale * w_scale).reshape(-1, 1, 1)
+    flat = np.maximum(conv + weights["bias"], 0).reshape(1, 64)
+    fq, f_scale = _quantize_activation(flat)
+    dq, d_scale = quantize_weight(weights["dense"], 1)
+    return (fq @ dq.astype(np.int64)).astype(np.float32) * (f_scale * d_scale)
+
+
+def _float(weights, x: np.ndarray) -> np.ndarray:
+    conv = _conv2d_nchw(x.astype(np.float64), weights["conv"].astype(np.float64), stride=2, pad=1)
+    return np.maximum(conv + weights["bias"], 0).reshape(1, 64) @ weights["dense"]
+
+
+def test_weight_quantizer_is_per_output_channel():
+    w = np.array([[[[1.0, -0.25]]], [[[0.01, 0.04]]]], dtype=np.float32)  # 2 output channels, very different ranges
+    wq, scale = quantize_weight(w, 0)
+    assert wq.dtype == np.int8 and wq.shape == w.shape
+    np.testing.assert_allclose(scale, [1.0 / 127, 0.04 / 127], rtol=1e-6)
+    assert wq.reshape(2, 2).tolist() == [[127, -32], [32, 127]]  # -31.75 and 31.75: each channel uses its own scale
+
+
+def test_rewrites_conv2d_and_matmul_to_int8(weights):
+    before = _module(weights)
+    text_before = before.script()
+    after = DynamicQuantize()(before)
+    assert before.script() == text_before, "the pass changed its input module"
+    calls = _calls(after)
+    compute = [c for c in calls if c.op.name in ("relax.nn.conv2d", "relax.matmul")]
+    assert [c.op.name for c in compute] == ["relax.nn.conv2d", "relax.matmul"]
+    for call in compute:
+        assert str(call.attrs.out_dtype) == "int32"
+        assert [arg.ty.dtype for arg in call.args] == ["int8", "int8"]
+    conv = compute[0]
+    assert [int(s) for s in conv.attrs.strides] == [2, 2] and [int(p) for p in conv.attrs.padding] == [1, 1, 1, 1]
+    int8_casts = [c for c in calls if c.op.name == "relax.astype" and str(c.attrs.dtype) == "int8"]
+    assert len(int8_casts) == 2  # one per activation; the weights are int8 constants
+    assert after["main"].ret_ty.dtype == "float32"
+
+
+def test_leaves_matmul_with_a_runtime_weight_in_float(weights):
+    after = DynamicQuantize()(_module(weights, dense_weight_is_input=True))
+    by_op = {c.op.name: c for c in _calls(after)}
+    assert str(by_op["relax.nn.conv2d"].attrs.out_dtype) == "int32"
+    assert by_op["relax.matmul"].args[1].ty.dtype == "float32"
+    assert by_op["relax.matmul"].ty.dtype == "float32"
+
+
+def test_matches_numpy_int8_emulation_and_float(weights):
+    quantized = DynamicQuantize()(_module(weights))
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        x = rng.standard_normal(X_SHAPE).astype(np.float32)
+        got = _run(quantized, x)
+        # same int8 math in numpy: only float32 rounding of the scale products differs
+        np.testing.assert_allclose(got, _emulate(weights, x), rtol=1e-5, atol=1e-5 * np.abs(got).max())
+        expected = _float(weights, x)
+        cosine = float((got * expected).sum() / np.linalg.norm(got) / np.linalg.norm(expected))
+        assert cosine > 0.999, cosine
+
+
+def test_zero_input_gives_zero_not_nan(weights):
+    got = _run(DynamicQuantize()(_module(weights)), np.zeros(X_SHAPE, np.float32))
+    bias_only = np.maximum(weights["bias"], 0).repeat(4, axis=2).repeat(4, axis=3).reshape(1, 64)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, _emulate(weights, np.zeros(X_SHAPE, np.float32)), rtol=1e-5, atol=1e-6)
+    assert np.abs(got - bias_only @ weights["dense"]).max() < 0.05 * np.abs(got).max()
+
+
+def test_compiles_for_aarch64(weights):
+    executable = tvm.compile(DynamicQuantize()(_module(weights)), target=tvm.target.Target(AARCH64))
+    assert isinstance(executable, relax.VMExecutable)
+
+
+def test_nhwc_conv_matches_the_nchw_rewrite(weights):
+    """Per-channel scales must broadcast along the channel axis of whichever layout the conv uses."""
+    x = np.random.default_rng(2).standard_normal(X_SHAPE).astype(np.float32)
+
+    def conv_module(layout: str, kernel_layout: str, weight: np.ndarray, shape: tuple) -> tvm.IRModule:
+        bb = relax.BlockBuilder()
+        var = relax.Var("x", relax.TensorType(shape, "float32"))
+        with bb.function("main", [var]):
+            with bb.dataflow():
+                conv = R.nn.conv2d(
+                    var, relax.const(weight), padding=[1, 1], data_layout=layout, kernel_layout=kernel_layout
+                )
+                out = bb.emit_output(conv)
+            bb.emit_func_output(out)
+        return DynamicQuantize()(bb.get())
+
+    nchw = _run(conv_module("NCHW", "OIHW", weights["conv"], X_SHAPE), x)
+    hwio = weights["conv"].transpose(2, 3, 1, 0)
+    nhwc = _run(conv_module("NHWC", "HWIO", hwio, (1, 8, 8, 3)), x.transpose(0, 2, 3, 1))
+    np.testing.assert_allclose(nhwc.transpose(0, 3, 1, 2), nchw, rtol=1e-6, atol=1e-6)
+
+
+def test_vector_weight_matmul_stays_float():
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 4), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(R.matmul(x, relax.const(np.ones(4, np.float32))))
+        bb.emit_func_output(out)
+    before = bb.get()
+    tvm.ir.assert_structural_equal(DynamicQuantize()(before), before)

@@ -1,0 +1,83 @@
+import dataclasses
+
+import pytest
+
+from edgetvm.errors import InputError
+from edgetvm.pipeline.schemes import QuantScheme, get_scheme, list_schemes, register_scheme, unregister_scheme
+
+
+def _scheme(**changes) -> QuantScheme:
+    fields = dict(
+        name="w8-test",
+        description="a test scheme",
+        weight_bits=8,
+        weight_granularity="per-channel",
+        symmetric=True,
+        activation_mode="dynamic",
+        calibration=None,
+    )
+    fields.update(changes)
+    return QuantScheme(**fields)
+
+
+def test_builtin_schemes():
+    assert [s.name for s in list_schemes()][:2] == ["none", "w8a8-dynamic"]
+    scheme = get_scheme("w8a8-dynamic")
+    assert (scheme.weight_bits, scheme.weight_granularity, scheme.symmetric, scheme.activation_mode) == (
+        8,
+        "per-channel",
+        True,
+        "dynamic",
+    )
+    assert scheme.calibration is None and not scheme.is_float
+    assert get_scheme("none").is_float
+    assert scheme.to_json()["name"] == "w8a8-dynamic" and scheme.to_json()["activation_mode"] == "dynamic"
+
+
+def test_schemes_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        get_scheme("w8a8-dynamic").weight_bits = 4
+
+
+def test_registry_rejects_duplicates():
+    with pytest.raises(InputError, match="'w8a8-dynamic' is already registered"):
+        register_scheme(_scheme(name="w8a8-dynamic"))
+    assert get_scheme("w8a8-dynamic").description.startswith("int8")
+
+
+def test_register_and_unregister():
+    scheme = register_scheme(_scheme())
+    try:
+        assert get_scheme("w8-test") is scheme
+    finally:
+        unregister_scheme("w8-test")
+    with pytest.raises(InputError):
+        get_scheme("w8-test")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"weight_bits": 7}, "field 'weight_bits' must be one of 1, 2, 4, 8, 32, got 7"),
+        ({"weight_bits": True}, "field 'weight_bits' must be one of"),
+        (
+            {"weight_granularity": "per-row"},
+            "field 'weight_granularity' must be one of 'per-channel', 'per-tensor', got 'per-row'",
+        ),
+        ({"symmetric": 1}, "field 'symmetric' must be one of True, False, got 1"),
+        ({"activation_mode": "lazy"}, "field 'activation_mode' must be one of 'none', 'static', 'dynamic', got 'lazy'"),
+        ({"activation_mode": "static"}, "field 'calibration' must name a method"),
+        ({"calibration": "min-max"}, "field 'calibration' must be None when activation_mode is 'dynamic'"),
+        ({"name": ""}, "field 'name' must be a non-empty string"),
+    ],
+)
+def test_bad_fields_are_refused(changes, message):
+    with pytest.raises(InputError) as info:
+        _scheme(**changes)
+    assert message in str(info.value)
+
+
+def test_unknown_scheme_lists_the_known_ones():
+    with pytest.raises(InputError) as info:
+        get_scheme("w4a4")
+    assert str(info.value) == "unknown quantization scheme 'w4a4'; known schemes: none, w8a8-dynamic"
