@@ -45,7 +45,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         with _progress(args, f"quantizing with {scheme.name}"):
             imported = quantize(imported, scheme)
     with _progress(args, f"compiling for {target.name}"):
-        package = build_package(imported, target, args.output, "none" if scheme.is_float else scheme.to_json())
+        package = build_package(imported, target, args.output, scheme.manifest_entry())
     print(f"wrote {package.directory} ({target.name}, {package.manifest['library']['machine']})")
     return 0
 
@@ -59,7 +59,6 @@ def _cmd_schemes(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-
     from edgetvm.pipeline.inputs import load_inputs
     from edgetvm.pipeline.package import Package
     from edgetvm.pipeline.run_local import LocalRunner

@@ -193,10 +193,9 @@ def deploy_package(package: Package, options: DeployOptions, progress: Progress 
 def _run_remote(
     remote, board_name: str, alive: Callable[[], bool], package: Package, inputs, repeat: int, progress: Progress | None
 ):
-    import tvm
     from tvm import relax
 
-    from edgetvm.pipeline.run_local import invoke_main
+    from edgetvm.pipeline.run_local import invoke_main, tensor_args
 
     name = f"model-{package.library_sha256[:12]}.so"
     try:
@@ -205,20 +204,17 @@ def _run_remote(
         remote.upload(str(package.library_path), name)
         device = remote.cpu()
         vm = relax.VirtualMachine(remote.load_module(name), device)
-        args = [tvm.runtime.tensor(inputs[spec.name], device) for spec in package.inputs]
+        args = tensor_args(package, inputs, device)
         if progress:
             progress("running on the board")
-        result = invoke_main(vm, args)
+        outputs = invoke_main(vm, package, args)
         if progress:
             progress(f"timing {repeat} runs (after a warm-up run)")
         timer = vm.time_evaluator("main", device, number=1, repeat=repeat, min_repeat_ms=0)
         samples = [seconds * 1e3 for seconds in timer(*args).results]
-    except BoardError:
-        raise
     except Exception as err:  # TVM surfaces a dead server or a broken tunnel as TVMError/RuntimeError
         why = "the board failed to run the model" if alive() else "the RPC server on the board stopped"
         raise BoardError(f"board {board_name!r}: {why}: {last_line(err)}") from err
-    outputs = {spec.name: array for spec, array in zip(package.outputs, result, strict=True)}
     return outputs, samples
 
 

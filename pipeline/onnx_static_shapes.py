@@ -22,42 +22,9 @@ log = logging.getLogger(__name__)
 
 # Ops whose integer results are shape arithmetic; folding them never touches weights or quantized data.
 _SHAPE_OPS = frozenset(
-    {
-        "Shape",
-        "Size",
-        "Slice",
-        "Concat",
-        "Gather",
-        "Unsqueeze",
-        "Squeeze",
-        "Cast",
-        "Add",
-        "Sub",
-        "Mul",
-        "Div",
-        "Floor",
-        "Ceil",
-        "Reshape",
-        "Range",
-        "Equal",
-        "Where",
-        "ConstantOfShape",
-        "ReduceProd",
-        "Max",
-        "Min",
-        "Identity",
-        "Expand",
-        "Not",
-        "Less",
-        "Greater",
-        "Tile",
-        "Transpose",
-        "Mod",
-        "Abs",
-        "Neg",
-    }
+    "Shape Size Slice Concat Gather Unsqueeze Squeeze Cast Add Sub Mul Div Floor Ceil Reshape Range Equal Where "
+    "ConstantOfShape ReduceProd Max Min Identity Expand Not Less Greater Tile Transpose Mod Abs Neg".split()
 )
-_INT_TYPES = frozenset({onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL})
 _MAX_FOLD_ELEMENTS = 4096
 
 
@@ -167,16 +134,21 @@ def _try_fold(
     inputs = [name for name in node.input if name]
     if not inputs or any(name not in known for name in inputs):
         return None
-    if any(known[name].dtype.kind not in "iub" or known[name].size > _MAX_FOLD_ELEMENTS for name in inputs):
+    if not all(_small_integer(known[name]) for name in inputs):
         return None
     try:
         values = _evaluate(node, {name: known[name] for name in inputs}, opset)
     except Exception as err:  # the reference evaluator raises many kinds; leaving the node as is is safe
         log.debug("not folding %s (%s): %s", node.name, node.op_type, err)
         return None
-    if any(v.dtype.kind not in "iub" or v.size > _MAX_FOLD_ELEMENTS for v in values):
+    if not all(_small_integer(v) for v in values):
         return None
     return values
+
+
+def _small_integer(array: np.ndarray) -> bool:
+    """Shape arithmetic works on small integer (or boolean) tensors; anything else is data, never folded."""
+    return array.dtype.kind in "iub" and array.size <= _MAX_FOLD_ELEMENTS
 
 
 def _evaluate(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opset: int) -> list[np.ndarray]:

@@ -17,6 +17,7 @@ class ReferenceModel:
         self.path = Path(path)
         self.format = detect_format(self.path)
         self.runtime = "onnxruntime" if self.format == "onnx" else "tflite-runtime"
+        self._allocated = False  # tflite: tensors are allocated on the first run (and again after a resize)
         self._session = self._open_onnx(threads) if self.format == "onnx" else self._open_tflite(threads)
 
     def _open_onnx(self, threads):
@@ -52,7 +53,7 @@ class ReferenceModel:
             if tuple(detail["shape"]) != inputs[detail["name"]].shape:
                 interpreter.resize_tensor_input(detail["index"], inputs[detail["name"]].shape)
                 resized = True
-        if resized or not getattr(self, "_allocated", False):
+        if resized or not self._allocated:
             interpreter.allocate_tensors()
             self._allocated = True
         for detail in interpreter.get_input_details():

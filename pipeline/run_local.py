@@ -18,15 +18,23 @@ def unpack_outputs(result) -> list[np.ndarray]:
     return flat
 
 
-def invoke_main(vm, args) -> list[np.ndarray]:
-    """Call ``main`` and fetch its outputs field by field.
+def tensor_args(package: Package, inputs: dict[str, np.ndarray], device) -> list:
+    """The VM's arguments on ``device`` (local or remote), in the order ``main`` takes them."""
+    import tvm
+
+    return [tvm.runtime.tensor(inputs[spec.name], device) for spec in package.inputs]
+
+
+def invoke_main(vm, package: Package, args) -> dict[str, np.ndarray]:
+    """Call ``main`` and fetch its outputs field by field, by the package's output names.
 
     The stateful calls work the same locally and over RPC, where a returned tuple would arrive as an opaque
     remote object rather than as tensors.
     """
     vm.set_input("main", *args)
     vm.invoke_stateful("main")
-    return unpack_outputs(vm.get_outputs("main"))
+    outputs = unpack_outputs(vm.get_outputs("main"))
+    return {spec.name: array for spec, array in zip(package.outputs, outputs, strict=True)}
 
 
 class LocalRunner:
@@ -45,17 +53,6 @@ class LocalRunner:
         self.device = tvm.cpu()
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(package.library_path)), self.device)
 
-    def _args(self, inputs: dict[str, np.ndarray]):
-        import tvm
-
-        return [tvm.runtime.tensor(inputs[spec.name], self.device) for spec in self.package.inputs]
-
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by name for checked inputs (see ``pipeline.inputs.check_inputs``)."""
-        outputs = invoke_main(self.vm, self._args(inputs))
-        return {spec.name: array for spec, array in zip(self.package.outputs, outputs, strict=True)}
-
-    def time(self, inputs: dict[str, np.ndarray], repeat: int = 10, number: int = 1) -> list[float]:
-        """Per-run latencies in milliseconds (one warm-up run excluded)."""
-        evaluator = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat, min_repeat_ms=0)
-        return [r * 1e3 for r in evaluator(*self._args(inputs)).results]
+        return invoke_main(self.vm, self.package, tensor_args(self.package, inputs, self.device))

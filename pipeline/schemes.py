@@ -68,8 +68,12 @@ class QuantScheme:
         return self.weight_bits == 32 and self.activation_mode == "none"
 
     def to_json(self) -> dict:
-        """The scheme as recorded in ``manifest.json``."""
+        """The scheme's fields."""
         return asdict(self)
+
+    def manifest_entry(self) -> str | dict:
+        """``manifest.json``'s ``quantization``: ``"none"`` for float builds, else the scheme's fields."""
+        return "none" if self.is_float else self.to_json()
 
 
 def _check_choice(scheme: str, field: str, allowed: tuple, value) -> None:
