@@ -8,6 +8,7 @@ from pathlib import Path
 
 from edgetvm import __version__
 from edgetvm.errors import BuildError, last_line
+from edgetvm.kernels_schedules.apply_schedules import ScheduleReport
 from edgetvm.pipeline.ingest import ImportedModel, file_sha256
 from edgetvm.pipeline.package import FORMAT_VERSION, LIBRARY, Package, elf_machine, staging_directory, write_manifest
 from edgetvm.targets import TargetPreset
@@ -15,8 +16,10 @@ from edgetvm.targets import TargetPreset
 log = logging.getLogger(__name__)
 
 
-def compile_module(imported: ImportedModel, target: TargetPreset):
-    """Run TVM's Relax pipeline and code generation; returns the ``relax.Executable``.
+def compile_module(imported: ImportedModel, target: TargetPreset, report: ScheduleReport | None = None):
+    """Run the Relax pipeline (NHWC layout, default schedules) and code generation; returns the executable.
+
+    ``report`` (a ``ScheduleReport``) is filled with the schedule each fused function got.
 
     Raises
     ------
@@ -25,9 +28,11 @@ def compile_module(imported: ImportedModel, target: TargetPreset):
     """
     import tvm
 
+    from edgetvm.kernels_schedules.pipeline import relax_pipeline
+
     tvm_target = target.tvm_target()
     try:
-        return tvm.compile(imported.mod, target=tvm_target)
+        return tvm.compile(imported.mod, target=tvm_target, relax_pipeline=relax_pipeline(tvm_target, report))
     except Exception as err:  # TVM raises TVMError and friends from deep inside its passes
         raise BuildError(f"compiling {imported.path} for {target.name} failed in TVM: {last_line(err)}") from err
 
@@ -51,7 +56,8 @@ def build_package(
     import tvm
 
     target.check_toolchain()
-    executable = compile_module(imported, target)
+    report = ScheduleReport()
+    executable = compile_module(imported, target, report)
     out_dir = Path(out_dir)
     with staging_directory(out_dir) as staging:
         library = staging / LIBRARY
@@ -74,6 +80,7 @@ def build_package(
             "inputs": [spec.to_json() for spec in imported.inputs],
             "outputs": [spec.to_json() for spec in imported.outputs],
             "quantization": quantization,
+            "schedules": report.to_json(),
             "library": {"file": LIBRARY, "sha256": file_sha256(library), "machine": machine},
         }
         write_manifest(staging, manifest)

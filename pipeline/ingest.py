@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetvm.errors import ModelError, last_line
-from edgetvm.pipeline import onnx_static_shapes
+from edgetvm.pipeline import onnx_converters, onnx_static_shapes
 from edgetvm.pipeline.tensor_spec import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -129,9 +129,7 @@ def _read_onnx(path: Path):
 
 def unsupported_onnx_ops(model) -> Counter:
     """Op types (``domain::Op`` outside the default domain) that TVM's ONNX importer has no converter for."""
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
-
-    supported = set(_get_convert_map())
+    supported = onnx_converters.supported_ops()
     missing: Counter = Counter()
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx"):
@@ -166,7 +164,8 @@ def _load_onnx(path: Path, shapes: dict[str, tuple[int, ...]]):
         dtype = str(np.dtype(onnx_to_numpy_dtype(tensor_type.elem_type)))
         inputs.append(TensorSpec(name, tuple(onnx_static_shapes.declared_shape(by_name[name])), dtype))
     try:
-        mod = from_onnx(model, dtype_dict={s.name: s.dtype for s in inputs}, keep_params_in_input=False)
+        with onnx_converters.converters():
+            mod = from_onnx(model, dtype_dict={s.name: s.dtype for s in inputs}, keep_params_in_input=False)
     except Exception as err:  # TVM raises TVMError, TypeError, ValueError... from inside converters
         raise ModelError(f"model {path}: TVM's ONNX importer failed: {last_line(err)}") from err
     return mod, inputs, [out.name for out in model.graph.output]

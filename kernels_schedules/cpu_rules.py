@@ -1,0 +1,319 @@
+"""Default CPU schedules: deterministic TIR schedules for fused Relax PrimFuncs, no measurement needed.
+
+Each rule takes one fused PrimFunc (what ``FuseOps``/``FuseTIR`` made of a conv2d + its epilogue, a matmul, a
+pooling window, an elementwise chain...) and returns a scheduled ``tvm.s_tir.Schedule`` or ``None`` when the
+function is not its kind. They are tried in the order of ``RULES``; the first that applies wins.
+
+The layouts they assume come from ``kernels_schedules.layout``: conv2d in NHWC with HWIO weights, so the output
+channel is the innermost, contiguous axis of both the weights and the result. The kernel is then the same for
+conv2d (1x1, 3x3, strided), depthwise conv2d, matmul/dense and pooling windows: a register tile of
+``rows x (lanes * vectors)`` accumulators, where ``rows`` walks the output's second-innermost axis (output
+width, or matrix rows) and the vectors walk output channels; the reduction loops (kernel window, input
+channels) run outside the tile so every weight vector loaded is used ``rows`` times and every input value
+``vectors`` times. Outer loops are fused and run in parallel over the target's cores. Epilogues (bias, batch
+norm, relu/relu6/hard-swish, residual add) are inlined into one block computed per tile, while the tile is hot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import ir, s_tir, tirx
+from tvm.target import Target
+
+
+@dataclass(frozen=True)
+class CPUFacts:
+    """What the schedules need to know of the target."""
+
+    vector_bits: int
+    registers: int  # SIMD registers: 16 on x86 AVX2, 32 on AVX-512 and aarch64 NEON
+
+    @classmethod
+    def of(cls, target: Target) -> CPUFacts:
+        from tvm.target import codegen
+
+        # LLVM's own "vector width" says 512 for AVX2-only CPUs such as znver3: ask for the ISA instead.
+        triple = str(target.attrs.get("mtriple", "")) or codegen.llvm_get_system_triple()
+        if triple.startswith(("x86_64", "i686")):
+            if codegen.llvm_cpu_has_features("avx512f", target):
+                return cls(512, 32)
+            if codegen.llvm_cpu_has_features("avx2", target) or codegen.llvm_cpu_has_features("avx", target):
+                return cls(256, 16)
+            return cls(128, 16)
+        return cls(128, 32 if triple.startswith("aarch64") else 16)  # NEON: 32 q registers on aarch64, 16 on armv7
+
+    def lanes(self, dtype: str) -> int:
+        return max(1, self.vector_bits // (np.dtype(dtype).itemsize * 8))
+
+
+def _extent(sch: s_tir.Schedule, loop) -> int | None:
+    extent = sch.get(loop).extent
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+def _block_kinds(sch: s_tir.Schedule, block) -> str:
+    """One letter an iteration variable: S (spatial), R (reduction), O (other)."""
+    kinds = []
+    for iter_var in sch.get(block).iter_vars:
+        kinds.append({tirx.IterVar.DataPar: "S", tirx.IterVar.CommReduce: "R"}.get(int(iter_var.iter_type), "O"))
+    return "".join(kinds)
+
+
+def _loops_match_iters(sch: s_tir.Schedule, block) -> bool:
+    """The block's loops are exactly its iteration variables, in order (as TE/topi emits them)."""
+    loops = sch.get_loops(block)
+    realize = sch.get_sref(block).stmt
+    return len(loops) == len(realize.iter_vars)
+
+
+def try_inline_all(sch: s_tir.Schedule, keep: set[str]) -> None:
+    """Inline every block not in ``keep`` into its consumers, as long as one can be."""
+    changed = True
+    while changed:
+        changed = False
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            name = sch.get(block).name_hint
+            if name in keep:
+                continue
+            try:
+                sch.compute_inline(block)
+                changed = True
+                break
+            except s_tir.ScheduleError:
+                pass
+
+
+def _is_pointwise_consumer(sch: s_tir.Schedule, consumer, buffer) -> bool:
+    """``consumer`` reads ``buffer`` element for element at its own iteration point, and writes the same shape."""
+    block = sch.get(consumer)
+    if str(_block_kinds(sch, consumer)).strip("S"):
+        return False
+    writes = block.writes
+    if len(writes) != 1 or [int(x) for x in writes[0].source.shape] != [int(x) for x in buffer.shape]:
+        return False
+    iter_vars = [iv.var for iv in block.iter_vars]
+    for region in block.reads:
+        if not region.source.same_as(buffer):
+            continue
+        if len(region.region) != len(iter_vars):
+            return False
+        for rng, var in zip(region.region, iter_vars, strict=True):
+            if not (isinstance(rng.extent, tirx.IntImm) and int(rng.extent) == 1 and rng.min.same_as(var)):
+                return False
+    return True
+
+
+def _epilogue(sch: s_tir.Schedule, anchor) -> object | None:
+    """The anchor's single pointwise consumer (bias, activation, residual add... already inlined into one)."""
+    consumers = sch.get_consumers(anchor)
+    if len(consumers) != 1:
+        return None
+    buffer = sch.get(anchor).writes[0].source
+    return consumers[0] if _is_pointwise_consumer(sch, consumers[0], buffer) else None
+
+
+# Below this many loop iterations (multiply-adds, or elements) a kernel finishes before a thread pool wakes up:
+# waking TVM's pool costs tens of microseconds, and small CNN layers take less than that on one core.
+PARALLEL_MIN_WORK = 1 << 17
+
+
+def _work(sch: s_tir.Schedule, block) -> int:
+    work = 1
+    for iter_var in sch.get(block).iter_vars:
+        extent = iter_var.dom.extent
+        work *= int(extent) if isinstance(extent, tirx.IntImm) else 1 << 10
+    return work
+
+
+def _worth_parallel(work: int) -> bool:
+    return work >= PARALLEL_MIN_WORK
+
+
+def _pick(extent: int, candidates) -> int:
+    for factor in candidates:
+        if factor <= extent and extent % factor == 0:
+            return factor
+    return 1
+
+
+def schedule_elementwise(sch: s_tir.Schedule, block, facts: CPUFacts, dtype: str) -> None:
+    """Parallel outer loops, vectorised innermost axis when it divides into whole vectors."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    lanes = facts.lanes(dtype)
+    inner = _extent(sch, loops[-1]) or 0
+    if inner > lanes and inner % lanes == 0:
+        outer, vec = sch.split(loops[-1], [None, lanes])
+        loops = [*loops[:-1], outer]
+        sch.vectorize(vec)
+    elif 4 <= inner <= lanes * 4 and inner % 4 == 0:
+        vec = loops[-1]
+        loops = loops[:-1]
+        sch.vectorize(vec)
+    if not loops:
+        return
+    if len(loops) > 1:
+        fused = sch.fuse(*loops)
+    else:
+        fused = loops[0]
+    if _worth_parallel(_work(sch, block)) and (_extent(sch, fused) or 0) > 1:
+        sch.parallel(fused)
+
+
+@dataclass(frozen=True)
+class TileChoice:
+    rows: int  # register-tile rows (second-innermost spatial axis)
+    cols: int  # register-tile columns (innermost spatial axis, vectorised)
+
+
+def choose_tile(rows_extent: int, cols_extent: int, lanes: int, facts: CPUFacts) -> TileChoice:
+    """Largest register tile that fits the SIMD register file with room for operands.
+
+    Columns: the whole axis when it fits in four vectors (28 channels become 3.5 AVX2 vectors, which LLVM splits
+    into ymm + xmm), else whole vectors that divide it.
+    """
+    budget = facts.registers - 4  # accumulators; the rest hold weight vectors and the broadcast input
+    if cols_extent <= lanes * 4:
+        cols = cols_extent
+    else:
+        cols = _pick(cols_extent, [lanes * 4, lanes * 3, lanes * 2, lanes])
+        if cols == 1:
+            cols = _pick(cols_extent, [d for d in range(lanes * 4, 3, -1) if d % 4 == 0]) or 1
+    vectors = max(1, -(-cols // lanes))
+    max_rows = max(1, budget // vectors)
+    rows = _pick(rows_extent, [r for r in (8, 7, 6, 5, 4, 3, 2) if r <= max_rows])
+    return TileChoice(rows, cols)
+
+
+def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> object:
+    """The register-tiled kernel for conv2d / depthwise / matmul / pooling blocks (see the module docstring).
+
+    Returns the fused parallel loop, under which the anchor, its init and its epilogue now live.
+    """
+    kinds = _block_kinds(sch, anchor)
+    work = _work(sch, anchor)
+    loops = sch.get_loops(anchor)
+    spatial = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "S"]
+    reduction = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "R"]
+    out_dtype = str(sch.get(anchor).writes[0].source.dtype)
+    lanes = facts.lanes(out_dtype)
+
+    epilogue = _epilogue(sch, anchor)
+    if epilogue is None:
+        # Accumulate in a local tile and write it out once.
+        epilogue = sch.cache_write(anchor, 0, "local")
+    else:
+        sch.set_scope(anchor, 0, "local")
+
+    cols_loop = spatial[-1]
+    cols_extent = _extent(sch, cols_loop) or 1
+    rows_candidates = [loop for loop in spatial[:-1] if (_extent(sch, loop) or 1) > 1]
+    rows_loop = rows_candidates[-1] if rows_candidates else None
+    rows_extent = _extent(sch, rows_loop) if rows_loop is not None else 1
+    tile = choose_tile(rows_extent, cols_extent, lanes, facts)
+
+    c_outer, c_inner = sch.split(cols_loop, [None, tile.cols])
+    outer = [loop for loop in spatial[:-1] if loop != rows_loop]
+    if rows_loop is not None:
+        r_outer, r_inner = sch.split(rows_loop, [None, tile.rows])
+        outer_loops = [*outer, r_outer, c_outer]
+        tile_loops = [r_inner, c_inner]
+    else:
+        outer_loops = [*outer, c_outer]
+        tile_loops = [c_inner]
+    sch.reorder(*outer_loops, *reduction, *tile_loops)
+    parallel = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
+    sch.reverse_compute_at(epilogue, parallel)
+    if _worth_parallel(work):
+        sch.parallel(parallel)
+    vectorized = tile.cols % 4 == 0 or tile.cols == cols_extent
+    if vectorized:
+        sch.vectorize(tile_loops[-1])
+    if reduction:
+        init = sch.decompose_reduction(anchor, reduction[0])
+        if vectorized:
+            sch.vectorize(sch.get_loops(init)[-1])
+    if len(tile_loops) == 2:
+        sch.unroll(tile_loops[0])
+    for loop in reduction:
+        extent = _extent(sch, loop)
+        if extent is not None and extent <= 7:
+            sch.unroll(loop)
+    # The epilogue: vectorise its innermost axis.
+    epi_loops = sch.get_loops(epilogue)[1:]
+    if epi_loops:
+        inner = epi_loops[-1]
+        extent = _extent(sch, inner) or 0
+        if vectorized and extent == tile.cols:
+            sch.vectorize(inner)
+    return parallel
+
+
+def _root_blocks(sch: s_tir.Schedule) -> list:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _is_trivial_pad(sch: s_tir.Schedule, block) -> bool:
+    """A copy block topi emits for zero padding (``pad_temp = data``): inlining it costs nothing."""
+    body = sch.get(block).body
+    return isinstance(body, tirx.BufferStore) and isinstance(body.value, ir.TensorLoad)
+
+
+def _is_under(sch: s_tir.Schedule, block, loop_sref) -> bool:
+    loops = sch.get_loops(block)
+    return bool(loops) and sch.get_sref(loops[0]).same_as(loop_sref)
+
+
+def _dtype_of(sch: s_tir.Schedule, block) -> str:
+    return str(sch.get(block).writes[0].source.dtype)
+
+
+def schedule_generic(sch: s_tir.Schedule, facts: CPUFacts) -> None:
+    """Softmax, normalisations, gathers...: parallel leading spatial loops of every block."""
+    for block in _root_blocks(sch):
+        kinds = _block_kinds(sch, block)
+        loops = sch.get_loops(block)
+        leading = []
+        for loop, kind in zip(loops, kinds, strict=False):
+            if kind != "S":
+                break
+            leading.append(loop)
+        if not leading:
+            continue
+        fused = sch.fuse(*leading) if len(leading) > 1 else leading[0]
+        if _worth_parallel(_work(sch, block)) and (_extent(sch, fused) or 0) > 1:
+            sch.parallel(fused)
+
+
+def schedule_function(func: tirx.PrimFunc, target: Target) -> tuple[s_tir.Schedule, str] | None:
+    """A scheduled copy of ``func`` and the name of the rule used, or None when no rule applies."""
+    facts = CPUFacts.of(target)
+    sch = s_tir.Schedule(func)
+    blocks = _root_blocks(sch)
+    reductions = [b for b in blocks if "R" in _block_kinds(sch, b)]
+    if not reductions:
+        outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
+        try_inline_all(sch, keep=outputs)
+        for block in _root_blocks(sch):
+            schedule_elementwise(sch, block, facts, _dtype_of(sch, block))
+        return sch, "elementwise"
+    if len(reductions) == 1 and _loops_match_iters(sch, reductions[0]):
+        anchor = reductions[0]
+        keep = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
+        keep.add(sch.get(anchor).name_hint)
+        for producer in sch.get_producers(anchor):
+            if _is_trivial_pad(sch, producer):
+                sch.compute_inline(producer)
+            else:
+                keep.add(sch.get(producer).name_hint)  # a padded input stays a separate, parallel copy
+        try_inline_all(sch, keep)
+        tiled = sch.get_sref(schedule_reduction_tile(sch, anchor, facts))
+        for block in _root_blocks(sch):
+            if not _is_under(sch, block, tiled):
+                schedule_elementwise(sch, block, facts, _dtype_of(sch, block))
+        return sch, "reduction-tile"
+    schedule_generic(sch, facts)
+    return sch, "generic"

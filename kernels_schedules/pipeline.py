@@ -1,0 +1,43 @@
+"""The Relax pipeline edgetvm compiles with: TVM's CPU pipeline plus NHWC layout and default schedules."""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+from edgetvm.kernels_schedules.apply_schedules import ApplyCPUSchedules, ScheduleReport
+from edgetvm.kernels_schedules.clip_to_min_max import ClipToMinMax
+
+# Output channels innermost in activations and weights: what the register-tiled kernels vectorise over.
+CONV_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "HWIO"]}
+
+
+def layout_passes() -> list:
+    return [
+        relax.transform.DecomposeOpsForInference(),
+        ClipToMinMax(),
+        relax.transform.ConvertLayout(CONV_LAYOUTS),
+        relax.transform.FoldConstant(),
+    ]
+
+
+def relax_pipeline(target: tvm.target.Target, report: ScheduleReport | None = None, schedules: bool = True):
+    """A module pass for ``tvm.compile(..., relax_pipeline=...)``.
+
+    ``schedules=False`` gives TVM's own CPU pipeline (naive loops), kept for comparisons and as an escape hatch.
+    """
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgeTVMPipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            passes = cpu_generic.library_dispatch_passes(target)
+            if schedules:
+                passes += layout_passes()
+            passes += cpu_generic.legalize_passes(target)
+            if schedules:
+                passes.append(ApplyCPUSchedules(target, report))
+            passes += cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline

@@ -1,0 +1,184 @@
+"""Default CPU schedules (kernels_schedules/): numerics against numpy, the report, and vector code in the assembly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from numpy.lib.stride_tricks import sliding_window_view
+from tvm import relax
+
+from edgetvm.kernels_schedules.apply_schedules import NAIVE, ScheduleReport
+from edgetvm.kernels_schedules.cpu_rules import CPUFacts, choose_tile
+from edgetvm.kernels_schedules.pipeline import relax_pipeline
+from edgetvm.targets import resolve_target
+
+X86 = resolve_target("x86").tvm_target()
+RPI4 = resolve_target("rpi4").tvm_target()
+RPI3 = resolve_target("rpi3").tvm_target()
+RNG = np.random.default_rng(0)
+
+
+def np_conv2d(x, w, stride, pad, groups=1):
+    """NCHW x OIHW reference."""
+    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    out_c, in_per_group, kh, kw = w.shape
+    windows = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]  # N C H W kh kw
+    outs = []
+    per_group_out = out_c // groups
+    for g in range(groups):
+        xs = windows[:, g * in_per_group : (g + 1) * in_per_group]
+        ws = w[g * per_group_out : (g + 1) * per_group_out]
+        outs.append(np.einsum("nchwij,ocij->nohw", xs, ws, optimize=True))
+    return np.concatenate(outs, axis=1)
+
+
+def _module(shape, build):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(build(x)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _run(mod, x, target=X86):
+    report = ScheduleReport()
+    executable = tvm.compile(mod, target, relax_pipeline=relax_pipeline(target, report))
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy(), report
+
+
+def _const(array):
+    return relax.const(np.asarray(array, dtype="float32"))
+
+
+def _clip(v, lo, hi):
+    """ReLU6 and hard-swish's gate, as the importer writes them."""
+    return relax.op.minimum(relax.op.maximum(v, _const(lo)), _const(hi))
+
+
+CONVS = {
+    # name: (input NCHW, out channels, kernel, stride, groups)
+    "conv3x3": ((1, 16, 20, 20), 32, 3, 1, 1),
+    "conv3x3-stride2": ((1, 3, 33, 33), 24, 3, 2, 1),
+    "conv1x1": ((1, 24, 14, 14), 40, 1, 1, 1),
+    "conv1x1-odd-channels": ((1, 12, 9, 9), 28, 1, 1, 1),
+    "conv5x5": ((1, 8, 16, 16), 16, 5, 1, 1),
+    "depthwise3x3": ((1, 32, 18, 18), 32, 3, 1, 32),
+    "depthwise3x3-stride2": ((1, 24, 17, 17), 24, 3, 2, 24),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONVS))
+def test_conv2d_with_epilogue_matches_numpy(name):
+    shape, out_c, k, stride, groups = CONVS[name]
+    w = RNG.standard_normal((out_c, shape[1] // groups, k, k)).astype("float32")
+    bias = RNG.standard_normal((1, out_c, 1, 1)).astype("float32")
+    x = RNG.standard_normal(shape).astype("float32")
+
+    def build(v):
+        y = relax.op.nn.conv2d(v, _const(w), strides=stride, padding=k // 2, groups=groups)
+        return relax.op.minimum(
+            relax.op.maximum(relax.op.add(y, _const(bias)), _const(np.zeros(()))), _const(np.full((), 6.0))
+        )
+
+    actual, report = _run(_module(shape, build), x)
+    expected = np.clip(np_conv2d(x, w, stride, k // 2, groups) + bias, 0, 6)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+    conv_functions = {n: r for n, r in report.functions.items() if "conv2d" in n}
+    assert conv_functions and set(conv_functions.values()) == {"reduction-tile"}, report.functions
+    assert not report.naive()
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 256, 1000), (8, 64, 30), (1, 200, 2)])
+def test_dense_matches_numpy(m, k, n):
+    w = RNG.standard_normal((k, n)).astype("float32")
+    x = RNG.standard_normal((m, k)).astype("float32")
+    actual, report = _run(_module((m, k), lambda v: relax.op.nn.relu(relax.op.matmul(v, _const(w)))), x)
+    np.testing.assert_allclose(actual, np.maximum(x @ w, 0), rtol=1e-4, atol=1e-4)
+    assert set(report.functions.values()) == {"reduction-tile"}, report.functions
+
+
+def test_pooling_matches_numpy():
+    x = RNG.standard_normal((1, 16, 12, 12)).astype("float32")
+    mod = _module(
+        x.shape,
+        lambda v: relax.op.add(
+            relax.op.nn.max_pool2d(v, pool_size=2, strides=2), relax.op.nn.avg_pool2d(v, pool_size=2, strides=2)
+        ),
+    )
+    actual, report = _run(mod, x)
+    windows = sliding_window_view(x, (2, 2), axis=(2, 3))[:, :, ::2, ::2]
+    np.testing.assert_allclose(actual, windows.max(axis=(4, 5)) + windows.mean(axis=(4, 5)), rtol=1e-5, atol=1e-5)
+    assert not report.naive(), report.functions
+
+
+def test_global_average_pool_and_hardswish_match_numpy():
+    x = RNG.standard_normal((1, 40, 7, 7)).astype("float32")
+
+    def build(v):
+        mean = relax.op.mean(v, axis=[2, 3], keepdims=True)
+        gate = relax.op.minimum(
+            relax.op.maximum(relax.op.add(v, _const(np.full((), 3.0))), _const(np.zeros(()))), _const(np.full((), 6.0))
+        )
+        return relax.op.add(relax.op.divide(relax.op.multiply(v, gate), _const(np.full((), 6.0))), mean)
+
+    actual, report = _run(_module(x.shape, build), x)
+    expected = x * np.clip(x + 3, 0, 6) / 6 + x.mean(axis=(2, 3), keepdims=True)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    assert not report.naive(), report.functions
+
+
+def test_without_schedules_everything_is_naive_and_agrees():
+    """The escape hatch (TVM's own pipeline) gives the same numbers: the schedules change speed, not results."""
+    shape, out_c, k, stride, groups = CONVS["conv3x3-stride2"]
+    w = RNG.standard_normal((out_c, shape[1], k, k)).astype("float32")
+    x = RNG.standard_normal(shape).astype("float32")
+    mod = _module(shape, lambda v: relax.op.nn.conv2d(v, _const(w), strides=stride, padding=1))
+    naive = relax.VirtualMachine(tvm.compile(mod, X86, relax_pipeline=relax_pipeline(X86, schedules=False)), tvm.cpu())
+    scheduled, _ = _run(mod, x)
+    np.testing.assert_allclose(scheduled, naive["main"](tvm.runtime.tensor(x)).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def _assembly(target) -> str:
+    w = RNG.standard_normal((32, 16, 3, 3)).astype("float32")
+    mod = _module((1, 16, 14, 14), lambda v: relax.op.nn.conv2d(v, _const(w), padding=1))
+    executable = tvm.compile(mod, target, relax_pipeline=relax_pipeline(target))
+    return "\n".join(sub.inspect_source("asm") for sub in executable.mod.imports)
+
+
+def test_x86_conv_uses_avx_fma():
+    asm = _assembly(X86)
+    if CPUFacts.of(X86).vector_bits >= 256:
+        assert "vfmadd" in asm and "%ymm" in asm
+    else:
+        assert "mulps" in asm
+
+
+def test_aarch64_conv_uses_neon_fma():
+    asm = _assembly(RPI4)
+    assert "fmla\tv" in asm and ".4s" in asm
+
+
+def test_armv7_conv_uses_neon():
+    asm = _assembly(RPI3)
+    assert "vmla.f32\tq" in asm or "vfma.f32\tq" in asm
+
+
+def test_tile_fits_the_register_file():
+    for target in (X86, RPI4, RPI3):
+        facts = CPUFacts.of(target)
+        lanes = facts.lanes("float32")
+        for rows, cols in [(56, 64), (7, 512), (96, 200), (64, 28), (1, 1000), (12, 2)]:
+            tile = choose_tile(rows, cols, lanes, facts)
+            accumulators = tile.rows * -(-tile.cols // lanes)
+            assert accumulators <= facts.registers - 4 or tile.rows == 1, (target, rows, cols, tile)
+            assert rows % tile.rows == 0 and cols % tile.cols == 0
+
+
+def test_report_lists_naive_functions():
+    report = ScheduleReport({"a": "reduction-tile", "b": NAIVE, "c": "elementwise", "d": NAIVE})
+    assert report.naive() == ["b", "d"]
+    assert report.to_json()["rules"] == {"elementwise": 1, "naive": 2, "reduction-tile": 1}
