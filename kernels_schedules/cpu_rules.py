@@ -29,6 +29,7 @@ class CPUFacts:
 
     vector_bits: int
     registers: int  # SIMD registers: 16 on x86 AVX2, 32 on AVX-512 and aarch64 NEON
+    is_x86: bool = False
 
     @classmethod
     def of(cls, target: Target) -> CPUFacts:
@@ -38,10 +39,10 @@ class CPUFacts:
         triple = str(target.attrs.get("mtriple", "")) or codegen.llvm_get_system_triple()
         if triple.startswith(("x86_64", "i686")):
             if codegen.llvm_cpu_has_features("avx512f", target):
-                return cls(512, 32)
+                return cls(512, 32, True)
             if codegen.llvm_cpu_has_features("avx2", target) or codegen.llvm_cpu_has_features("avx", target):
-                return cls(256, 16)
-            return cls(128, 16)
+                return cls(256, 16, True)
+            return cls(128, 16, True)
         return cls(128, 32 if triple.startswith("aarch64") else 16)  # NEON: 32 q registers on aarch64, 16 on armv7
 
     def lanes(self, dtype: str) -> int:
@@ -188,13 +189,55 @@ def choose_tile(rows_extent: int, cols_extent: int, lanes: int, facts: CPUFacts)
     return TileChoice(rows, cols)
 
 
+def is_dot_form(sch: s_tir.Schedule, anchor) -> bool:
+    """The innermost reduction variable indexes the innermost, contiguous axis of every input the block reads.
+
+    That is an int8 conv2d with OHWI weights (see ``int8_conv_layout``): both operands run along input
+    channels, the shape LLVM's loop vectoriser turns into widening dot-product instructions.
+    """
+    block = sch.get(anchor)
+    reduction_vars = [iv.var for iv in block.iter_vars if int(iv.iter_type) == tirx.IterVar.CommReduce]
+    if not reduction_vars:
+        return False
+    inner = reduction_vars[-1]
+    output = block.writes[0].source
+    inputs = [region for region in block.reads if not region.source.same_as(output)]
+    return len(inputs) == 2 and all(
+        region.region[-1].min.same_as(inner) and int(region.region[-1].extent) == 1 for region in inputs
+    )
+
+
+def _stride_one_window(sch: s_tir.Schedule, anchor) -> bool:
+    """The two innermost reduction variables index the input's last two axes as ``x + kx`` and ``c``."""
+    block = sch.get(anchor)
+    reduction_vars = [iv.var for iv in block.iter_vars if int(iv.iter_type) == tirx.IterVar.CommReduce]
+    if len(reduction_vars) < 2:
+        return False
+    kx = reduction_vars[-2]
+    output = block.writes[0].source
+    for region in block.reads:
+        if region.source.same_as(output):
+            continue
+        index = region.region[-2].min
+        if not (isinstance(index, tirx.Add) and index.b.same_as(kx)) and not index.same_as(kx):
+            return False
+    return True
+
+
+# Dot-form tile: rows x cols scalar accumulators, each vectorised by LLVM along the reduction.
+DOT_TILE = TileChoice(rows=4, cols=4)
+
+
 def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> object:
     """The register-tiled kernel for conv2d / depthwise / matmul / pooling blocks (see the module docstring).
 
+    In dot form (``is_dot_form``) the innermost reduction loop stays innermost and scalar in TIR, for LLVM to
+    vectorise into widening multiply-adds; the tile's accumulators are then whole vectors of partial sums.
     Returns the fused parallel loop, under which the anchor, its init and its epilogue now live.
     """
     kinds = _block_kinds(sch, anchor)
     work = _work(sch, anchor)
+    dot = is_dot_form(sch, anchor)
     loops = sch.get_loops(anchor)
     spatial = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "S"]
     reduction = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "R"]
@@ -213,7 +256,12 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
     rows_candidates = [loop for loop in spatial[:-1] if (_extent(sch, loop) or 1) > 1]
     rows_loop = rows_candidates[-1] if rows_candidates else None
     rows_extent = _extent(sch, rows_loop) if rows_loop is not None else 1
-    tile = choose_tile(rows_extent, cols_extent, lanes, facts)
+    if dot:
+        tile = TileChoice(
+            _pick(rows_extent, range(DOT_TILE.rows, 0, -1)), _pick(cols_extent, range(DOT_TILE.cols, 0, -1))
+        )
+    else:
+        tile = choose_tile(rows_extent, cols_extent, lanes, facts)
 
     c_outer, c_inner = sch.split(cols_loop, [None, tile.cols])
     outer = [loop for loop in spatial[:-1] if loop != rows_loop]
@@ -224,21 +272,29 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
     else:
         outer_loops = [*outer, c_outer]
         tile_loops = [c_inner]
-    sch.reorder(*outer_loops, *reduction, *tile_loops)
+    if dot and len(reduction) >= 2 and _stride_one_window(sch, anchor):
+        # NHWC with OHWI weights: (kernel column, input channel) is one contiguous run in both operands,
+        # so one longer dot loop replaces kw short ones (and their horizontal sums).
+        sch.reorder(*outer_loops, *reduction[:-2], *tile_loops, *reduction[-2:])
+        reduction = [*reduction[:-2], sch.fuse(reduction[-2], reduction[-1])]
+    elif dot:
+        sch.reorder(*outer_loops, *reduction[:-1], *tile_loops, reduction[-1])
+    else:
+        sch.reorder(*outer_loops, *reduction, *tile_loops)
     parallel = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
     sch.reverse_compute_at(epilogue, parallel)
     if _worth_parallel(work):
         sch.parallel(parallel)
-    vectorized = tile.cols % 4 == 0 or tile.cols == cols_extent
+    vectorized = not dot and (tile.cols % 4 == 0 or tile.cols == cols_extent)
     if vectorized:
         sch.vectorize(tile_loops[-1])
     if reduction:
         init = sch.decompose_reduction(anchor, reduction[0])
         if vectorized:
             sch.vectorize(sch.get_loops(init)[-1])
-    if len(tile_loops) == 2:
-        sch.unroll(tile_loops[0])
-    for loop in reduction:
+    for loop in tile_loops if dot else tile_loops[:-1]:
+        sch.unroll(loop)
+    for loop in () if dot else reduction:
         extent = _extent(sch, loop)
         if extent is not None and extent <= 7:
             sch.unroll(loop)
@@ -247,7 +303,7 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
     if epi_loops:
         inner = epi_loops[-1]
         extent = _extent(sch, inner) or 0
-        if vectorized and extent == tile.cols:
+        if (vectorized or dot) and extent == tile.cols and extent > 1:
             sch.vectorize(inner)
     return parallel
 

@@ -8,17 +8,20 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
 from edgetvm.kernels_schedules.apply_schedules import ApplyCPUSchedules, ScheduleReport
 from edgetvm.kernels_schedules.clip_to_min_max import ClipToMinMax
+from edgetvm.kernels_schedules.cpu_rules import CPUFacts
+from edgetvm.kernels_schedules.int8_conv_layout import Int8ConvLayout
 
 # Output channels innermost in activations and weights: what the register-tiled kernels vectorise over.
 CONV_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "HWIO"]}
 
 
-def layout_passes() -> list:
+def layout_passes(target: tvm.target.Target) -> list:
     return [
         relax.transform.DecomposeOpsForInference(),
         ClipToMinMax(),
         relax.transform.ConvertLayout(CONV_LAYOUTS),
         relax.transform.FoldConstant(),
+        Int8ConvLayout(widen=CPUFacts.of(target).is_x86),
     ]
 
 
@@ -33,7 +36,7 @@ def relax_pipeline(target: tvm.target.Target, report: ScheduleReport | None = No
         with target:
             passes = cpu_generic.library_dispatch_passes(target)
             if schedules:
-                passes += layout_passes()
+                passes += layout_passes(target)
             passes += cpu_generic.legalize_passes(target)
             if schedules:
                 passes.append(ApplyCPUSchedules(target, report))

@@ -28,11 +28,70 @@ def ppocr_cls_path() -> Path:
     return bundled_model("ppocr-cls").path()
 
 
+def _ops_zoo(path: Path) -> Path:
+    """A small ONNX CNN with every operator the default schedules cover: strided, depthwise, 1x1 and 3x3 conv,
+    ReLU / ReLU6 / hard-swish, a residual add, max / average / global pooling and a dense layer, with channel
+    counts that are not whole vectors (28, 12)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    inits, nodes = [], []
+
+    def weight(name, *shape):
+        inits.append(
+            numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32), name)
+        )
+        return name
+
+    def node(op, inputs, output, **attrs):
+        nodes.append(helper.make_node(op, inputs, [output], **attrs))
+        return output
+
+    def conv(x, name, cin, cout, k, stride=1, group=1):
+        w = weight(f"{name}_w", cout, cin // group, k, k)
+        b = weight(f"{name}_b", cout)
+        return node("Conv", [x, w, b], name, kernel_shape=[k, k], strides=[stride] * 2, pads=[k // 2] * 4, group=group)
+
+    x = node("Relu", [conv("image", "c1", 3, 16, 3, stride=2)], "r1")
+    x = node("Clip", [conv(x, "dw", 16, 16, 3, group=16), "zero", "six"], "relu6")
+    h = conv(x, "c2", 16, 28, 1)
+    x = node("HardSwish", [h], "hswish")
+    x = node("Add", [conv(x, "c3", 28, 28, 1), x], "residual")
+    x = node("MaxPool", [x], "maxpool", kernel_shape=[2, 2], strides=[2, 2])
+    x = node("AveragePool", [x], "avgpool", kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])
+    x = node("Relu", [conv(x, "c4", 28, 12, 3)], "r4")
+    x = node("Flatten", [node("GlobalAveragePool", [x], "gap")], "flat")
+    x = node("Gemm", [x, weight("fc_w", 10, 12), weight("fc_b", 10)], "logits", transB=1)
+    inits += [numpy_helper.from_array(np.float32(0), "zero"), numpy_helper.from_array(np.float32(6), "six")]
+    graph = helper.make_graph(
+        nodes,
+        "ops_zoo",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
 @pytest.fixture(scope="session")
-def artifacts(tmp_path_factory, blazeface_path, ppocr_cls_path):
+def ops_zoo_path(tmp_path_factory) -> Path:
+    return _ops_zoo(tmp_path_factory.mktemp("models") / "ops_zoo.onnx")
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory, blazeface_path, ppocr_cls_path, ops_zoo_path):
     """Compile on first use: ``artifacts(model, target)`` -> artifact directory."""
     root = tmp_path_factory.mktemp("artifacts")
-    models = {"blazeface": (blazeface_path, []), "ppocr-cls": (ppocr_cls_path, ["--input-shape", "x=1x3x48x192"])}
+    models = {
+        "blazeface": (blazeface_path, []),
+        "ppocr-cls": (ppocr_cls_path, ["--input-shape", "x=1x3x48x192"]),
+        "ops-zoo": (ops_zoo_path, []),
+    }
     built = {}
 
     def get(model: str, target: str):

@@ -101,3 +101,11 @@ def test_server_killed_mid_run_is_one_clear_error(board_runtime, ssh, artifacts,
                 session.remote, "emulated", session.server.alive, package, random_inputs(package.inputs), 1, None
             )
     assert board_processes(ssh) == []
+
+
+def test_default_schedules_compute_correctly_on_the_board(emulated_board, artifacts, tmp_path, ops_zoo_path):
+    """Every scheduled operator kind (strided/depthwise/1x1/3x3 conv, pooling, dense, odd channel counts) on
+    aarch64 NEON, against onnxruntime on the host. Emulated: this proves numerics, not speed."""
+    report, _ = _deploy(artifacts("ops-zoo", "rpi4"), tmp_path, "--reference", str(ops_zoo_path))
+    (output,) = report["accuracy"]["outputs"]
+    assert output["max_abs_error"] < 1e-4 and output["cosine"] > 0.99999 and output["top1_agreement"] == 1.0

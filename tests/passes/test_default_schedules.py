@@ -182,3 +182,42 @@ def test_report_lists_naive_functions():
     report = ScheduleReport({"a": "reduction-tile", "b": NAIVE, "c": "elementwise", "d": NAIVE})
     assert report.naive() == ["b", "d"]
     assert report.to_json()["rules"] == {"elementwise": 1, "naive": 2, "reduction-tile": 1}
+
+
+def _int8_conv_module(w):
+    def build(v):
+        return relax.op.nn.conv2d(v, relax.const(w), padding=1, out_dtype="int32")
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, w.shape[1], 10, 10), "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(build(x)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_int8_conv_is_exact_and_uses_vpmaddwd_on_x86():
+    w = RNG.integers(-127, 128, (24, 32, 3, 3)).astype("int8")
+    x = RNG.integers(-127, 128, (1, 32, 10, 10)).astype("int8")
+    report = ScheduleReport()
+    executable = tvm.compile(_int8_conv_module(w), X86, relax_pipeline=relax_pipeline(X86, report))
+    actual = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    expected = np_conv2d(x.astype(np.int64), w.astype(np.int64), 1, 1)
+    np.testing.assert_array_equal(actual, expected)
+    assert report.functions["conv2d"] == "reduction-tile"
+    asm = "\n".join(sub.inspect_source("asm") for sub in executable.mod.imports)
+    if CPUFacts.of(X86).vector_bits >= 256:
+        assert "vpmaddwd" in asm or "vpdpwssd" in asm
+
+
+@pytest.mark.parametrize(
+    "target, instruction",
+    [("rpi5", "sdot\tv"), ("rpi4", "smull")],
+)
+def test_int8_conv_uses_arm_widening_multiplies(target, instruction):
+    w = RNG.integers(-127, 128, (16, 32, 3, 3)).astype("int8")
+    tvm_target = resolve_target(target).tvm_target()
+    executable = tvm.compile(_int8_conv_module(w), tvm_target, relax_pipeline=relax_pipeline(tvm_target))
+    asm = "\n".join(sub.inspect_source("asm") for sub in executable.mod.imports)
+    assert instruction in asm
