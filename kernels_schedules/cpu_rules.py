@@ -22,6 +22,9 @@ import numpy as np
 from tvm import ir, s_tir, tirx
 from tvm.target import Target
 
+from edgetvm.kernels_schedules.x86_int16_pairs import LANES as PAIR_LANES
+from edgetvm.kernels_schedules.x86_int16_pairs import PAIR_KERNEL, PMADDWD_8x2
+
 
 @dataclass(frozen=True)
 class CPUFacts:
@@ -189,6 +192,11 @@ def choose_tile(rows_extent: int, cols_extent: int, lanes: int, facts: CPUFacts)
     return TileChoice(rows, cols)
 
 
+def _kernel_of(sch: s_tir.Schedule, block) -> str | None:
+    kernel = sch.get(block).annotations.get("edgetvm.kernel")
+    return str(kernel) if kernel is not None else None
+
+
 def is_dot_form(sch: s_tir.Schedule, anchor) -> bool:
     """The innermost reduction variable indexes the innermost, contiguous axis of every input the block reads.
 
@@ -256,7 +264,12 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
     rows_candidates = [loop for loop in spatial[:-1] if (_extent(sch, loop) or 1) > 1]
     rows_loop = rows_candidates[-1] if rows_candidates else None
     rows_extent = _extent(sch, rows_loop) if rows_loop is not None else 1
-    if dot:
+    pairs = _kernel_of(sch, anchor) == PAIR_KERNEL
+    if pairs:
+        dot = False
+        vectors = 2 if cols_extent % (2 * PAIR_LANES) == 0 else 1
+        tile = TileChoice(_pick(rows_extent, [r for r in (6, 5, 4, 3, 2) if r * vectors <= 12]), vectors * PAIR_LANES)
+    elif dot:
         tile = TileChoice(
             _pick(rows_extent, range(DOT_TILE.rows, 0, -1)), _pick(cols_extent, range(DOT_TILE.cols, 0, -1))
         )
@@ -279,6 +292,11 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
         reduction = [*reduction[:-2], sch.fuse(reduction[-2], reduction[-1])]
     elif dot:
         sch.reorder(*outer_loops, *reduction[:-1], *tile_loops, reduction[-1])
+    elif pairs:
+        # ... ry, rx, rc | rows, vectors, 8 lanes x 2 channels -> one vpmaddwd
+        c_vec, c_lane = sch.split(tile_loops[-1], [None, PAIR_LANES])
+        tile_loops = [*tile_loops[:-1], c_vec, c_lane]
+        sch.reorder(*outer_loops, *reduction[:-1], *tile_loops, reduction[-1])
     else:
         sch.reorder(*outer_loops, *reduction, *tile_loops)
     parallel = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
@@ -286,13 +304,17 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
     if _worth_parallel(work):
         sch.parallel(parallel)
     vectorized = not dot and (tile.cols % 4 == 0 or tile.cols == cols_extent)
-    if vectorized:
+    if vectorized and not pairs:
         sch.vectorize(tile_loops[-1])
     if reduction:
         init = sch.decompose_reduction(anchor, reduction[0])
         if vectorized:
             sch.vectorize(sch.get_loops(init)[-1])
-    for loop in tile_loops if dot else tile_loops[:-1]:
+    if pairs:
+        sch.tensorize(tile_loops[-1], PMADDWD_8x2)
+        tile_loops = tile_loops[:-1]
+        reduction = []
+    for loop in tile_loops if dot or pairs else tile_loops[:-1]:
         sch.unroll(loop)
     for loop in () if dot else reduction:
         extent = _extent(sch, loop)
@@ -344,6 +366,24 @@ def schedule_generic(sch: s_tir.Schedule, facts: CPUFacts) -> None:
             sch.parallel(fused)
 
 
+def schedule_full_reduction(sch: s_tir.Schedule, block, facts: CPUFacts) -> None:
+    """A tensor reduced to one value (the max|x| of dynamic quantization): vector partial results, then one more.
+
+    The innermost axis is split into ``lanes`` interleaved partial reductions (``rfactor``), vectorised over
+    contiguous elements; the ``lanes`` partials are reduced at the end.
+    """
+    loops = sch.get_loops(block)
+    lanes = facts.lanes(_dtype_of(sch, block))
+    inner = _extent(sch, loops[-1]) or 0
+    if inner < lanes or inner % lanes:
+        return
+    _, lane = sch.split(loops[-1], [None, lanes])
+    partial = sch.rfactor(lane, 0)
+    sch.vectorize(sch.get_loops(partial)[-1])  # the lanes: spatial in the partial block, and innermost
+    init = sch.decompose_reduction(partial, sch.get_loops(partial)[0])
+    sch.vectorize(sch.get_loops(init)[-1])
+
+
 def schedule_function(func: tirx.PrimFunc, target: Target) -> tuple[s_tir.Schedule, str] | None:
     """A scheduled copy of ``func`` and the name of the rule used, or None when no rule applies."""
     facts = CPUFacts.of(target)
@@ -356,6 +396,11 @@ def schedule_function(func: tirx.PrimFunc, target: Target) -> tuple[s_tir.Schedu
         for block in _root_blocks(sch):
             schedule_elementwise(sch, block, facts, _dtype_of(sch, block))
         return sch, "elementwise"
+    if len(reductions) == 1 and set(_block_kinds(sch, reductions[0])) == {"R"}:
+        anchor_name = sch.get(reductions[0]).name_hint
+        try_inline_all(sch, keep={anchor_name})
+        schedule_full_reduction(sch, sch.get_sblock(anchor_name), facts)
+        return sch, "full-reduction"
     if len(reductions) == 1 and _loops_match_iters(sch, reductions[0]):
         anchor = reductions[0]
         keep = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}

@@ -17,6 +17,8 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
+from edgetvm.kernels_schedules.x86_int16_pairs import LANES, pair_conv2d
+
 _PATTERN = is_op("relax.nn.conv2d")(wildcard(), is_const())
 
 
@@ -28,11 +30,40 @@ class Int8ConvLayout:
         self.widen = widen
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        updated = mod.clone()
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                updated[gvar] = rewrite_call(_PATTERN, self._rewrite, func)
+        self._kernels: dict[tuple, tuple] = {}
+        self._builder = relax.BlockBuilder(mod.clone())  # adds the kernels' PrimFuncs with typed GlobalVars
+        rewritten = {
+            gvar: rewrite_call(_PATTERN, self._rewrite, func)
+            for gvar, func in mod.functions_items()
+            if isinstance(func, relax.Function)
+        }
+        updated = self._builder.get()
+        for gvar, func in rewritten.items():
+            updated[gvar] = func
         return updated
+
+    def _pair_kernel(self, data, packed: np.ndarray, attrs) -> relax.Expr:
+        """``call_tir`` of the x86 pair kernel, one PrimFunc per distinct shape."""
+        from tvm import te
+
+        key = (
+            tuple(int(d) for d in data.ty.shape),
+            packed.shape,
+            tuple(int(s) for s in attrs.strides),
+            tuple(int(p) for p in attrs.padding),
+        )
+        if key not in self._kernels:
+            # int64 extents, as LegalizeOps writes them: FuseTIR requires a tensor's buffers to agree exactly.
+            data_ph = te.placeholder([tvm.tirx.const(d, "int64") for d in key[0]], "int16", name="data")
+            weight_ph = te.placeholder([tvm.tirx.const(d, "int64") for d in packed.shape], "int16", name="packed")
+            out = pair_conv2d(data_ph, weight_ph, attrs.strides, attrs.padding)
+            func = te.create_prim_func([data_ph, weight_ph, out]).with_attr("op_pattern", 4)  # kOutEWiseFusable
+            gvar = self._builder.add_func(func, f"conv2d_int16_pairs{len(self._kernels)}")
+            self._kernels[key] = (gvar, [int(d) for d in out.shape])
+        gvar, out_shape = self._kernels[key]
+        return relax.call_tir(
+            gvar, [relax.op.astype(data, "int16"), relax.const(packed)], relax.TensorType(out_shape, "int32")
+        )
 
     def _rewrite(self, call: relax.Call, _matches) -> relax.Expr:
         data, weight = call.args
@@ -45,7 +76,18 @@ class Int8ConvLayout:
             and int(attrs.groups) == 1
         ):
             return call
-        ohwi = np.ascontiguousarray(weight.value.numpy().transpose(3, 0, 1, 2))
+        hwio = weight.value.numpy()
+        kh, kw, in_channels, out_channels = hwio.shape
+        if (
+            self.widen
+            and in_channels % 2 == 0
+            and out_channels % LANES == 0
+            and all(int(d) == 1 for d in attrs.dilation)
+            and str(attrs.out_dtype) == "int32"
+        ):
+            packed = hwio.reshape(kh, kw, in_channels // 2, 2, out_channels).transpose(0, 1, 2, 4, 3)
+            return self._pair_kernel(data, np.ascontiguousarray(packed).astype(np.int16), attrs)
+        ohwi = np.ascontiguousarray(hwio.transpose(3, 0, 1, 2))
         if self.widen:
             data = relax.op.astype(data, "int16")
             ohwi = ohwi.astype(np.int16)

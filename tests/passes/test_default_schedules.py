@@ -197,18 +197,22 @@ def _int8_conv_module(w):
     return bb.get()
 
 
-def test_int8_conv_is_exact_and_uses_vpmaddwd_on_x86():
-    w = RNG.integers(-127, 128, (24, 32, 3, 3)).astype("int8")
+@pytest.mark.parametrize("out_channels", [24, 32, 12])
+def test_int8_conv_is_exact_and_uses_vpmaddwd_on_x86(out_channels):
+    w = RNG.integers(-127, 128, (out_channels, 32, 3, 3)).astype("int8")
     x = RNG.integers(-127, 128, (1, 32, 10, 10)).astype("int8")
     report = ScheduleReport()
     executable = tvm.compile(_int8_conv_module(w), X86, relax_pipeline=relax_pipeline(X86, report))
     actual = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     expected = np_conv2d(x.astype(np.int64), w.astype(np.int64), 1, 1)
     np.testing.assert_array_equal(actual, expected)
-    assert report.functions["conv2d"] == "reduction-tile"
+    conv = {name: rule for name, rule in report.functions.items() if "conv2d" in name}
+    assert list(conv.values()) == ["reduction-tile"], report.functions
     asm = "\n".join(sub.inspect_source("asm") for sub in executable.mod.imports)
     if CPUFacts.of(X86).vector_bits >= 256:
-        assert "vpmaddwd" in asm or "vpdpwssd" in asm
+        # Whole ymm registers of output channels: the pair kernel; otherwise the dot form. Both use vpmaddwd.
+        assert list(conv) == (["conv2d_int16_pairs0"] if out_channels % 8 == 0 else ["conv2d"])
+        assert "vpmaddwd" in asm
 
 
 @pytest.mark.parametrize(
@@ -221,3 +225,12 @@ def test_int8_conv_uses_arm_widening_multiplies(target, instruction):
     executable = tvm.compile(_int8_conv_module(w), tvm_target, relax_pipeline=relax_pipeline(tvm_target))
     asm = "\n".join(sub.inspect_source("asm") for sub in executable.mod.imports)
     assert instruction in asm
+
+
+def test_full_reduction_max_abs_matches_numpy():
+    """Dynamic quantization's max|x| over a whole activation tensor."""
+    x = RNG.standard_normal((1, 24, 9, 16)).astype("float32")
+    actual, report = _run(_module(x.shape, lambda v: relax.op.max(relax.op.abs(v))), x)
+    assert actual == np.abs(x).max()
+    reductions = [rule for name, rule in report.functions.items() if "max" in name]
+    assert reductions == ["full-reduction"], report.functions
