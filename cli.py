@@ -87,6 +87,32 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from edgetvm.pipeline.bench import BenchOptions, run_bench
+    from edgetvm.pipeline.bench_report import table_rows, threads_text
+    from edgetvm.pipeline.tensor_spec import parse_shape_option
+
+    options = BenchOptions(
+        input_shapes=parse_shape_option(args.input_shape),
+        target=args.target,
+        schemes=tuple(name.strip() for name in args.schemes.split(",") if name.strip()),
+        threads=args.threads,
+        repeat=args.repeat,
+        warmup=args.warmup,
+        settle_ms=args.settle_ms,
+        inputs=args.inputs,
+        seed=args.seed,
+    )
+    with _progress(args, f"benchmarking {args.model}") as progress:
+        report = run_bench(args.model, args.output, options, progress.update)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    print("\n".join(table_rows(report)))
+    print(f"wrote {args.output}: bench.json, bench.md, bench.png ({threads_text(report.host['threads'])})")
+    return 0
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -179,7 +205,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_compare)
 
     _add_deploy_commands(sub)
+    _add_bench_command(sub)
     return parser
+
+
+def _add_bench_command(sub) -> None:
+    p = sub.add_parser("bench", help="time edgetvm builds against onnxruntime / tflite-runtime on this host")
+    _add_model_options(p)
+    p.add_argument("--target", "-t", default="x86", help="this host's target (default x86); boards: not yet")
+    p.add_argument("--schemes", default="none", help="comma-separated edgetvm schemes (default none)")
+    p.add_argument("--threads", type=int, help="threads of every runtime (default: the target's cores)")
+    p.add_argument("--repeat", type=int, default=30, help="timed rounds, every variant once per round (default 30)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
+    p.add_argument(
+        "--settle-ms",
+        type=float,
+        default=200.0,
+        help="untimed runs of a variant before each timed one, so that the previous runtime's spinning threads "
+        "have stopped (default 200)",
+    )
+    _add_inputs_options(p)
+    p.add_argument("--output", "-o", required=True, help="directory for bench.json, bench.md, bench.png, builds")
+    p.add_argument("--json", action="store_true", help="print bench.json instead of the table")
+    p.set_defaults(func=_cmd_bench)
 
 
 def _add_deploy_commands(sub) -> None:

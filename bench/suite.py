@@ -1,0 +1,91 @@
+"""The benchmark suite on this host: every suite model through ``edgetvm bench``, tables printed and collected.
+
+``make bench`` runs it (``.venv/bin/python bench/suite.py [--repeat N] [--models a,b]``). Each model's report goes
+to ``bench/results/<model>/`` (bench.json, bench.md, bench.png, the builds and baseline models), and all tables to
+``bench/results/summary.md``. A suite model that this edgetvm does not know (yet) is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+from edgetvm.errors import EdgeTVMError
+from edgetvm.pipeline.bench import BenchOptions, BenchReport, run_bench
+from edgetvm.pipeline.bench_report import markdown_report
+from edgetvm.pipeline.bundled_models import BUNDLED
+from edgetvm.pipeline.tensor_spec import parse_shape_option
+
+SUITE = ("blazeface", "ppocr-cls", "mnist-cnn")
+SCHEMES = ("none", "w8a8-dynamic")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def bench_model(name: str, args: argparse.Namespace) -> BenchReport:
+    """Run the bench on one registry model into ``RESULTS/name``."""
+    model = BUNDLED[name]
+    options = BenchOptions(
+        input_shapes=parse_shape_option(list(model.input_shapes)),
+        schemes=tuple(args.schemes.split(",")),
+        threads=args.threads,
+        repeat=args.repeat,
+        warmup=args.warmup,
+        settle_ms=args.settle_ms,
+    )
+    return run_bench(model.path(), args.results / name, options, lambda message: _say(f"{name}: {message}"))
+
+
+def summary(reports: dict[str, BenchReport], notes: list[str]) -> str:
+    """``summary.md``: every model's bench.md one after the other, headings one level down."""
+    date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [f"# edgetvm benchmark suite, {date}", "", "Measured on this host (not an emulated board).", ""]
+    parts += [f"- {note}" for note in notes]
+    for name, report in reports.items():
+        body = markdown_report(report).replace("# edgetvm bench: ", f"## {name}: ", 1)
+        parts += ["", body]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(SUITE), help=f"comma-separated (default {','.join(SUITE)})")
+    parser.add_argument("--schemes", default=",".join(SCHEMES), help=f"edgetvm schemes (default {','.join(SCHEMES)})")
+    parser.add_argument("--threads", type=int, help="threads of every runtime (default: this host's cores)")
+    parser.add_argument("--repeat", type=int, default=50, help="timed rounds per model (default 50)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first (default 5)")
+    parser.add_argument("--settle-ms", type=float, default=200.0, help="untimed runs before each timed one (200)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"output folder (default {RESULTS})")
+    args = parser.parse_args(argv)
+    reports: dict[str, BenchReport] = {}
+    notes: list[str] = []
+    failed = False
+    for name in args.models.split(","):
+        if name not in BUNDLED:
+            notes.append(f"{name}: skipped, not in this edgetvm's model registry yet")
+            _say(notes[-1])
+            continue
+        try:
+            reports[name] = bench_model(name, args)
+        except EdgeTVMError as err:
+            notes.append(f"{name}: failed: {err}")
+            _say(notes[-1])
+            failed = True
+            continue
+        print(f"\n{markdown_report(reports[name])}", flush=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / "summary.md"
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(summary(reports, notes))
+    temporary.replace(path)
+    print(f"wrote {path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""The variants that ``edgetvm bench`` measures: edgetvm builds per scheme and the frameworks' own runtimes.
+
+Each variant is a name and a function that runs one inference on a dict of inputs and returns the outputs in the
+model's order. A variant that cannot be built or loaded is kept with its ``error``, so that the report has a row
+saying why, instead of the whole bench failing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetvm.errors import BuildError, last_line
+from edgetvm.pipeline.ingest import ImportedModel
+from edgetvm.pipeline.schemes import QuantScheme
+from edgetvm.targets import TargetPreset
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("edgetvm", "onnxruntime", "tflite-runtime")
+RunFn = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Variant:
+    """One way of running the model.
+
+    Attributes
+    ----------
+    runtime : str
+        ``edgetvm``, ``onnxruntime`` or ``tflite-runtime``.
+    variant : str
+        The scheme name for edgetvm (``none``, ``w8a8-dynamic``); ``float``, ``quantize_dynamic``,
+        ``quantize_static`` or ``int8`` for the baselines.
+    run : callable or None
+        One inference: inputs by name -> outputs in the model's order. None when the variant failed to build.
+    details : dict
+        What was run (artifact directory, quantizer settings), for the report.
+    error : str or None
+        Why the variant could not be built, loaded or run.
+    """
+
+    runtime: str
+    variant: str
+    run: RunFn | None = field(default=None, repr=False)
+    details: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"variant runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if (self.run is None) == (self.error is None):
+            raise ValueError(f"variant {self.label}: give exactly one of run and error")
+
+    @property
+    def label(self) -> str:
+        return f"{self.runtime} {self.variant}"
+
+
+def edgetvm_variants(
+    imported: ImportedModel,
+    target: TargetPreset,
+    schemes: list[QuantScheme],
+    builds_dir: Path,
+    progress: Progress | None = None,
+) -> list[Variant]:
+    """One variant per scheme: quantize, ``build_package`` into ``builds_dir/SCHEME``, load with ``LocalRunner``.
+
+    A scheme whose build fails in TVM (``BuildError``) becomes an error row; bad input still raises.
+    """
+    from edgetvm.pipeline.build import build_package
+    from edgetvm.pipeline.quantize import quantize
+    from edgetvm.pipeline.run_local import LocalRunner
+
+    variants = []
+    for scheme in schemes:
+        if progress:
+            progress(f"building {imported.path.name} with edgetvm ({scheme.name}) for {target.name}")
+        directory = builds_dir / scheme.name
+        try:
+            module = imported if scheme.is_float else quantize(imported, scheme)
+            package = build_package(module, target, directory, scheme.manifest_entry())
+        except BuildError as err:
+            log.warning("edgetvm %s: %s", scheme.name, err)
+            variants.append(Variant("edgetvm", scheme.name, error=str(err)))
+            continue
+        runner = LocalRunner(package)
+        names = [spec.name for spec in package.outputs]
+
+        def run(inputs, runner=runner, names=names) -> list[np.ndarray]:
+            outputs = runner.run(inputs)
+            return [outputs[name] for name in names]
+
+        details = {"artifact": str(directory.relative_to(builds_dir.parent)), "library_sha256": package.library_sha256}
+        variants.append(Variant("edgetvm", scheme.name, run, details))
+    return variants
+
+
+def baseline_variants(
+    model_path: Path,
+    model_format: str,
+    threads: int,
+    calibration: list[dict[str, np.ndarray]],
+    baselines_dir: Path,
+    progress: Progress | None = None,
+) -> list[Variant]:
+    """The framework's own runs of the model; the first one is the float reference.
+
+    ONNX: onnxruntime float, ``quantize_dynamic`` and ``quantize_static`` (calibrated on ``calibration``), all on
+    the CPU provider. TFLite: tflite-runtime on the model as it is (``float``, or ``int8`` for an int8 model).
+    """
+    if model_format == "tflite":
+        return [_guarded("tflite-runtime", _tflite_variant_name(model_path), lambda: _open(model_path, threads))]
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # errors only: ORT warns about every unused initializer of a quantized model
+    baselines_dir.mkdir(parents=True, exist_ok=True)
+    variants = [_guarded("onnxruntime", "float", lambda: _open(model_path, threads))]
+    for name, quantizer in (("quantize_dynamic", _quantize_dynamic), ("quantize_static", _quantize_static)):
+        if progress:
+            progress(f"building the onnxruntime {name} baseline")
+        output = baselines_dir / f"{name}.onnx"
+
+        def make(quantizer=quantizer, output=output):
+            details = quantizer(model_path, output, calibration)
+            run, session = _open(output, threads)
+            return run, {**details, **session, "model": str(output.relative_to(baselines_dir.parent))}
+
+        variants.append(_guarded("onnxruntime", name, make))
+    return variants
+
+
+def _guarded(runtime: str, variant: str, make: Callable[[], tuple[RunFn, dict[str, Any]]]) -> Variant:
+    """The variant ``make()`` returns, or an error variant with the failure's last line."""
+    try:
+        run, details = make()
+    except Exception as err:  # a baseline fails in its framework's own ways (ORT's Fail, RuntimeError, ...)
+        log.warning("%s %s could not be built: %s", runtime, variant, last_line(err))
+        log.debug("%s %s", runtime, variant, exc_info=True)
+        return Variant(runtime, variant, error=f"{type(err).__name__}: {last_line(err)}")
+    return Variant(runtime, variant, run, details)
+
+
+def _open(path: Path, threads: int) -> tuple[RunFn, dict[str, Any]]:
+    from edgetvm.pipeline.reference import ReferenceModel
+
+    model = ReferenceModel(path, threads=threads)
+    if model.format == "onnx":
+        return model.run, {"provider": "CPUExecutionProvider", "intra_op_num_threads": threads}
+    return model.run, {"num_threads": threads, "delegates": "tflite-runtime's default (XNNPACK for float)"}
+
+
+def _tflite_variant_name(path: Path) -> str:
+    """``int8`` for a model whose first input is an integer tensor (a fully quantized model), else ``float``."""
+    import tflite
+
+    from edgetvm.pipeline.ingest import verified_tflite
+
+    model = verified_tflite(path.read_bytes(), path)
+    subgraph = model.Subgraphs(0)
+    tensor_type = subgraph.Tensors(int(subgraph.Inputs(0))).Type()
+    return "int8" if tensor_type in (tflite.TensorType.INT8, tflite.TensorType.UINT8) else "float"
+
+
+def _quantize_dynamic(model_path: Path, output: Path, _calibration) -> dict[str, Any]:
+    from onnxruntime.quantization import quantize_dynamic
+
+    with _quantizer_warnings_to_debug():
+        quantize_dynamic(model_path, output)
+    return {"quantizer": "onnxruntime.quantization.quantize_dynamic (defaults: QOperator, int8 weights per tensor)"}
+
+
+def _quantize_static(model_path: Path, output: Path, calibration: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._batches, None)
+
+    with _quantizer_warnings_to_debug():
+        quantize_static(model_path, output, Reader())
+    return {
+        "quantizer": "onnxruntime.quantization.quantize_static (defaults: QDQ, int8 per tensor, min-max)",
+        "calibration": f"{len(calibration)} input set(s): the bench inputs themselves (so its accuracy is optimistic)",
+    }
+
+
+class _ToDebug(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        log.debug("onnxruntime.quantization: %s", record.getMessage())
+        return False
+
+
+@contextmanager
+def _quantizer_warnings_to_debug() -> Iterator[None]:
+    """Show the ORT quantizer's root-logger warnings only with ``-v``: they are advice about the model, per node.
+
+    It asks for ``quant_pre_process`` (the bench quantizes the user's model as given: that pre-processing needs
+    sympy, made quantize_dynamic 3x slower on the PP-OCR classifier and broke quantize_static on opset-11 models)
+    and warns once per Conv whose bias is computed ("Expected bias ... to be an initializer").
+    """
+    root = logging.getLogger()
+    to_debug = _ToDebug()
+    root.addFilter(to_debug)
+    try:
+        yield
+    finally:
+        root.removeFilter(to_debug)
