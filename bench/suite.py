@@ -12,11 +12,14 @@ import datetime as dt
 import sys
 from pathlib import Path
 
+import kernels  # bench/kernels.py, beside this script
+
 from edgetvm.errors import EdgeTVMError
 from edgetvm.pipeline.bench import BenchOptions, BenchReport, run_bench
 from edgetvm.pipeline.bench_report import markdown_report
 from edgetvm.pipeline.bundled_models import BUNDLED
 from edgetvm.pipeline.tensor_spec import parse_shape_option
+from edgetvm.targets import resolve_target
 
 SUITE = ("blazeface", "ppocr-cls", "mnist-cnn")
 SCHEMES = ("none", "w8a8-dynamic")
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first (default 5)")
     parser.add_argument("--settle-ms", type=float, default=200.0, help="untimed runs before each timed one (200)")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"output folder (default {RESULTS})")
+    parser.add_argument("--no-kernels", action="store_true", help="skip the per-operator table (bench/kernels.py)")
     args = parser.parse_args(argv)
     reports: dict[str, BenchReport] = {}
     notes: list[str] = []
@@ -79,9 +83,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"\n{markdown_report(reports[name])}", flush=True)
     args.results.mkdir(parents=True, exist_ok=True)
+    text = summary(reports, notes)
+    if not args.no_kernels:
+        _say("per-operator kernels")
+        table = kernels.run(args.threads or resolve_target("x86").threads, 20, args.results)
+        print(f"\n{table}", flush=True)
+        text += "\n" + table.replace("## ", "## ", 1)
     path = args.results / "summary.md"
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(summary(reports, notes))
+    temporary.write_text(text)
     temporary.replace(path)
     print(f"wrote {path}")
     return 1 if failed else 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from edgetvm.errors import InputError
@@ -49,6 +51,9 @@ class LocalRunner:
                 f"{package.directory} was built for {package.target_name} ({package.arch}), which cannot run on this "
                 "host: deploy it to a board with 'edgetvm deploy', or compile with --target x86"
             )
+        # TVM's pool defaults to half the cores on x86 and is created on first use: ask for the target's threads
+        # unless the user chose (TVM_NUM_THREADS). A pool that already exists in this thread keeps its size.
+        os.environ.setdefault("TVM_NUM_THREADS", str(package.target().threads))
         self.package = package
         self.device = tvm.cpu()
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(package.library_path)), self.device)
