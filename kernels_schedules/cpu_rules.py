@@ -173,6 +173,17 @@ class TileChoice:
     cols: int  # register-tile columns (innermost spatial axis, vectorised)
 
 
+def vector_width(cols: int, lanes: int) -> int:
+    """Lanes of the vectors a ``cols``-wide tile row is computed in: whole registers where they divide it, else
+    the widest power of two that does (28 channels: 4 x 7 xmm on AVX2), 1 for none."""
+    if cols % lanes == 0:
+        return lanes
+    width = lanes
+    while width > 1 and cols % width:
+        width //= 2
+    return width
+
+
 def choose_tile(rows_extent: int, cols_extent: int, lanes: int, facts: CPUFacts) -> TileChoice:
     """Largest register tile that fits the SIMD register file with room for operands.
 
@@ -252,12 +263,12 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
     out_dtype = str(sch.get(anchor).writes[0].source.dtype)
     lanes = facts.lanes(out_dtype)
 
+    # The accumulators: a tile-sized buffer inside the parallel loop, which LLVM keeps in registers. It stays in
+    # "global" scope: TVM puts small constant-size global allocations on the stack, but every "local" one goes
+    # through TVMBackendAllocWorkspace, a call per tile.
     epilogue = _epilogue(sch, anchor)
     if epilogue is None:
-        # Accumulate in a local tile and write it out once.
-        epilogue = sch.cache_write(anchor, 0, "local")
-    else:
-        sch.set_scope(anchor, 0, "local")
+        epilogue = sch.cache_write(anchor, 0, "global")  # accumulate in a tile, write it out once
 
     cols_loop = spatial[-1]
     cols_extent = _extent(sch, cols_loop) or 1
@@ -299,11 +310,16 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
         sch.reorder(*outer_loops, *reduction[:-1], *tile_loops, reduction[-1])
     else:
         sch.reorder(*outer_loops, *reduction, *tile_loops)
+    width = vector_width(tile.cols, lanes)
+    if not (dot or pairs) and 1 < width < tile.cols:
+        # One hardware vector per instruction: LLVM scalarises much of a 24- or 28-wide vector's arithmetic.
+        c_vec, c_lane = sch.split(tile_loops[-1], [None, width])
+        tile_loops = [*tile_loops[:-1], c_vec, c_lane]
     parallel = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
     sch.reverse_compute_at(epilogue, parallel)
     if _worth_parallel(work):
         sch.parallel(parallel)
-    vectorized = not dot and (tile.cols % 4 == 0 or tile.cols == cols_extent)
+    vectorized = not dot and width > 1
     if vectorized and not pairs:
         sch.vectorize(tile_loops[-1])
     if reduction:
@@ -322,10 +338,12 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
             sch.unroll(loop)
     # The epilogue: vectorise its innermost axis.
     epi_loops = sch.get_loops(epilogue)[1:]
-    if epi_loops:
+    if epi_loops and (_extent(sch, epi_loops[-1]) or 0) == tile.cols:
         inner = epi_loops[-1]
-        extent = _extent(sch, inner) or 0
-        if (vectorized or dot) and extent == tile.cols and extent > 1:
+        epilogue_width = vector_width(tile.cols, facts.lanes(_dtype_of(sch, epilogue)))
+        if epilogue_width > 1:
+            if epilogue_width < tile.cols:
+                _, inner = sch.split(inner, [None, epilogue_width])
             sch.vectorize(inner)
     return parallel
 

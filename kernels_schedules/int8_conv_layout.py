@@ -65,7 +65,9 @@ class Int8ConvLayout:
             gvar, [relax.op.astype(data, "int16"), relax.const(packed)], relax.TensorType(out_shape, "int32")
         )
 
-    def _rewrite(self, call: relax.Call, _matches) -> relax.Expr:
+    def _rewrite(self, call: relax.Call, matches) -> relax.Expr:
+        if not isinstance(call, relax.Call):  # the matcher can hand over the variable bound to the call
+            return call
         data, weight = call.args
         attrs = call.attrs
         if not (

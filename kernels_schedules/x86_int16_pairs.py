@@ -50,7 +50,7 @@ def pair_conv2d(data: te.Tensor, packed: te.Tensor, strides, padding) -> te.Tens
 def _pmaddwd_desc(
     A: T.Buffer((2,), "int16", offset_factor=1),
     B: T.Buffer((8, 2), "int16", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
+    C: T.Buffer((8,), "int32", offset_factor=1),
 ) -> None:
     with T.sblock("root"):
         T.reads(C[0:8], A[0:2], B[0:8, 0:2])
@@ -66,7 +66,7 @@ def _pmaddwd_desc(
 def _pmaddwd_impl(
     A: T.Buffer((2,), "int16", offset_factor=1),
     B: T.Buffer((8, 2), "int16", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
+    C: T.Buffer((8,), "int32", offset_factor=1),
 ) -> None:
     with T.sblock("root"):
         T.reads(C[0:8], A[0:2], B[0:8, 0:2])
