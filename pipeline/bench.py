@@ -11,12 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +22,13 @@ import numpy as np
 from edgetvm.errors import InputError, last_line
 from edgetvm.pipeline.bench_variants import Variant, baseline_variants, edgetvm_variants
 from edgetvm.pipeline.compare import compare_outputs
+from edgetvm.pipeline.package import check_replaceable, staging_directory
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 REPORT = "bench.json"
+_KIND = "a bench output directory"  # what InputError calls an -o it may replace
 Progress = Callable[[str], None]
 
 
@@ -286,14 +284,14 @@ def run_bench(
             "here (--target x86)"
         )
     out_dir = Path(out_dir)
-    _check_output_directory(out_dir)
+    check_replaceable(out_dir, REPORT, _KIND)  # before minutes of building, not after
     schemes = [get_scheme(name) for name in options.schemes]
     threads = options.threads or target.threads
     if progress:
         progress(f"importing {model}")
     imported = load_model(model, options.input_shapes)
     inputs = load_inputs(options.inputs, imported.inputs, options.seed)
-    with _staging_directory(out_dir) as staging:
+    with staging_directory(out_dir, REPORT, _KIND) as staging:
         variants = baseline_variants(imported.path, imported.format, threads, [inputs], staging / "baselines", progress)
         _reference(variants)  # before spending minutes on builds
         variants += edgetvm_variants(imported, target, schemes, staging / "builds", progress)
@@ -362,28 +360,3 @@ def _render(report: BenchReport, directory: Path) -> None:
 
     (directory / "bench.md").write_text(markdown_report(report))
     plot_report(report, directory / "bench.png")
-
-
-def _check_output_directory(out_dir: Path) -> None:
-    if out_dir.exists() and not (out_dir / REPORT).is_file() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise InputError(f"{out_dir}: exists and is not a bench output directory; choose another -o or remove it")
-
-
-@contextmanager
-def _staging_directory(out_dir: Path) -> Iterator[Path]:
-    """A temporary directory beside ``out_dir`` that replaces it in one rename on success (see package.py)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        yield staging
-        _check_output_directory(out_dir)
-        old = None
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            os.rename(out_dir, old)
-        os.rename(staging, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)

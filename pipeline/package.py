@@ -114,10 +114,11 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
 
 
 @contextmanager
-def staging_directory(out_dir: Path) -> Iterator[Path]:
+def staging_directory(out_dir: Path, marker: str = MANIFEST, kind: str = "an edgetvm artifact") -> Iterator[Path]:
     """Yield a temporary directory beside ``out_dir``; on success it replaces ``out_dir`` in one rename.
 
-    Nothing half-written is ever left at ``out_dir``: on error the temporary directory is removed.
+    Nothing half-written is ever left at ``out_dir``: on error the temporary directory is removed. An existing
+    ``out_dir`` is replaced only when it is empty or holds ``marker`` (it is ``kind``); otherwise InputError.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -126,8 +127,7 @@ def staging_directory(out_dir: Path) -> Iterator[Path]:
         yield staging
         old = None
         if out_dir.exists():
-            if not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
-                raise InputError(f"{out_dir}: exists and is not an edgetvm artifact; choose another -o or remove it")
+            check_replaceable(out_dir, marker, kind)
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
             os.rename(out_dir, old)
         os.rename(staging, out_dir)
@@ -136,3 +136,9 @@ def staging_directory(out_dir: Path) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_replaceable(out_dir: Path, marker: str = MANIFEST, kind: str = "an edgetvm artifact") -> None:
+    """InputError unless ``out_dir`` is absent, an empty directory, or a directory holding ``marker``."""
+    if out_dir.exists() and not (out_dir / marker).is_file() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise InputError(f"{out_dir}: exists and is not {kind}; choose another -o or remove it")

@@ -74,9 +74,11 @@ def _quantized_conv2d(call: relax.Call, data: relax.Expr, weight: tvm.ir.Generic
         out_layout=out_layout,
         out_dtype="int32",
     )
-    # The per-channel scales broadcast along the output's channel axis: (C, 1, 1) for NCHW, (C,) for NHWC.
+    # The per-channel scales broadcast along the output's channel axis, at the output's full rank ((1, C, 1, 1) for
+    # NCHW): layout conversion can then re-lay the constant out with the conv instead of transposing around it.
     channel_axis = out_layout.index("C")
-    shape = (-1,) + (1,) * (len(out_layout) - channel_axis - 1)
+    shape = [1] * len(out_layout)
+    shape[channel_axis] = -1
     return _dequantize(acc, x_scale, w_scale.reshape(shape))
 
 
@@ -119,5 +121,6 @@ def _quantize_activation(data: relax.Expr) -> tuple[relax.Expr, relax.Expr]:
 
 
 def _dequantize(acc: relax.Expr, x_scale: relax.Expr, w_scale: np.ndarray) -> relax.Expr:
-    scale = R.multiply(x_scale, relax.const(w_scale.astype(np.float32)))
-    return R.multiply(R.astype(acc, "float32"), scale)
+    """``acc * x_scale * w_scale``: the runtime scalar and the constant per-channel scales apply one after the
+    other, so the channel broadcast involves only a constant (which layout conversion can transform)."""
+    return R.multiply(R.multiply(R.astype(acc, "float32"), x_scale), relax.const(w_scale.astype(np.float32)))
