@@ -19,6 +19,10 @@ from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from edgetvm.kernels_schedules.x86_int16_pairs import LANES, pair_conv2d
 
+# Below this many input channels (a network's first layer: 3) the dot loops are too short to vectorise and
+# each output pays a horizontal sum: such convs keep HWIO and the output-channel-vectorised schedule.
+MIN_DOT_CHANNELS = 16
+
 _PATTERN = is_op("relax.nn.conv2d")(wildcard(), is_const())
 
 
@@ -76,6 +80,7 @@ class Int8ConvLayout:
             and str(attrs.kernel_layout) == "HWIO"
             and str(attrs.data_layout) == "NHWC"
             and int(attrs.groups) == 1
+            and int(weight.ty.shape[2]) >= MIN_DOT_CHANNELS
         ):
             return call
         hwio = weight.value.numpy()
