@@ -37,6 +37,11 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
     target = resolve_target(args.target)
     target.check_toolchain()
+    budget = _budget(args)
+    if not budget.empty:
+        from edgetvm.pipeline.gates import require_host
+
+        require_host(target)
     scheme = get_scheme(args.quantize)
     shapes = parse_shape_option(args.input_shape)
     with _progress(args, f"importing {args.model}"):
@@ -47,6 +52,13 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     with _progress(args, f"compiling for {target.name}"):
         package = build_package(imported, target, args.output, scheme.manifest_entry())
     print(f"wrote {package.directory} ({target.name}, {package.manifest['library']['machine']})")
+    if not budget.empty:
+        from edgetvm.pipeline.gates import measure_host_build
+        from edgetvm.pipeline.inputs import load_inputs
+
+        with _progress(args, "measuring the build against its budgets"):
+            measurement = measure_host_build(package, load_inputs(args.inputs, package.inputs, args.seed))
+        _enforce(args, budget, [measurement])
     return 0
 
 
@@ -92,6 +104,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from edgetvm.pipeline.bench_report import table_rows, threads_text
     from edgetvm.pipeline.tensor_spec import parse_shape_option
 
+    budget = _budget(args)
     options = BenchOptions(
         input_shapes=parse_shape_option(args.input_shape),
         target=args.target,
@@ -107,9 +120,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         report = run_bench(args.model, args.output, options, progress.update)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
-        return 0
-    print("\n".join(table_rows(report)))
-    print(f"wrote {args.output}: bench.json, bench.md, bench.png ({threads_text(report.host['threads'])})")
+    else:
+        print("\n".join(table_rows(report)))
+        print(f"wrote {args.output}: bench.json, bench.md, bench.png ({threads_text(report.host['threads'])})")
+    if not budget.empty:
+        from edgetvm.pipeline.gates import bench_measurements
+
+        _enforce(args, budget, bench_measurements(report.to_json()))
     return 0
 
 
@@ -171,6 +188,37 @@ def _add_inputs_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
 
 
+def _add_gate_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("budgets (exit 5 when one is broken)")
+    group.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        metavar="POINTS",
+        help="worst output's drop against the float reference, in percentage points of top-1 agreement (or of "
+        "cosine for outputs without classes)",
+    )
+    group.add_argument("--max-latency-ms", type=float, metavar="MS", help="median latency budget")
+    group.add_argument("--baseline-report", type=Path, help="an earlier report.json / bench.json to compare with")
+    group.add_argument("--max-regression", metavar="PCT", help="median latency growth over the baseline, e.g. 10%%")
+    group.add_argument("--junit", type=Path, metavar="FILE", help="write every gate as a JUnit XML test case")
+
+
+def _budget(args: argparse.Namespace):
+    from edgetvm.pipeline.gates import Budget, parse_regression
+
+    return Budget(
+        args.max_accuracy_drop, args.max_latency_ms, args.baseline_report, parse_regression(args.max_regression)
+    )
+
+
+def _enforce(args: argparse.Namespace, budget, measurements) -> None:
+    from edgetvm.pipeline.gates import enforce
+
+    for result in enforce(budget, measurements, args.junit):
+        if not args.quiet:
+            print(f"gate ok: {result.message}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgetvm", description="Compile, deploy and measure models on edge boards.")
     parser.add_argument("--version", action="version", version=f"edgetvm {__version__}")
@@ -186,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", "-t", required=True, help="preset name, inline JSON or JSON file")
     p.add_argument("--output", "-o", required=True, help="artifact directory to write")
     p.add_argument("--quantize", default="none", metavar="SCHEME", help="quantization scheme (default none)")
+    _add_inputs_options(p)  # what the budgets measure with (x86 builds: run here)
+    _add_gate_options(p)
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("schemes", help="list quantization schemes")
@@ -226,6 +276,7 @@ def _add_bench_command(sub) -> None:
     )
     _add_inputs_options(p)
     p.add_argument("--output", "-o", required=True, help="directory for bench.json, bench.md, bench.png, builds")
+    _add_gate_options(p)
     p.add_argument("--json", action="store_true", help="print bench.json instead of the table")
     p.set_defaults(func=_cmd_bench)
 
@@ -243,6 +294,7 @@ def _add_deploy_commands(sub) -> None:
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="take a board from a TVM RPC tracker (board farm)")
     p.add_argument("--rpc-key", help="the tracker key of the boards to use, e.g. rpi4")
     p.add_argument("--output", "-o", help="report JSON to write (outputs go beside it as .npz)")
+    _add_gate_options(p)
     p.set_defaults(func=_cmd_deploy)
 
     p = sub.add_parser("board", help="the emulated Raspberry Pi (arm64 Debian under qemu-user, SSH on 127.0.0.1)")
@@ -254,6 +306,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     from edgetvm.deploy.measure import DeployOptions, deploy_package
     from edgetvm.pipeline.package import Package
 
+    budget = _budget(args)
     package = Package.load(args.artifact)
     options = DeployOptions(
         board=args.board,
@@ -275,6 +328,15 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         _atomic_write(path, json.dumps(report.to_json(), indent=2) + "\n")
         _atomic_savez(path.with_suffix(".outputs.npz"), report.outputs)
     print(report.summary())
+    if not budget.empty:  # after the report is written: a broken budget leaves what it measured to look at
+        from edgetvm.pipeline.gates import Measurement
+
+        accuracy = report.accuracy["outputs"] if report.accuracy else None
+        _enforce(
+            args,
+            budget,
+            [Measurement(f"deploy {package.directory.name}", "deploy", report.latency_ms["median"], accuracy)],
+        )
     return 0
 
 

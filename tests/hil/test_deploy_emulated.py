@@ -109,3 +109,11 @@ def test_default_schedules_compute_correctly_on_the_board(emulated_board, artifa
     report, _ = _deploy(artifacts("ops-zoo", "rpi4"), tmp_path, "--reference", str(ops_zoo_path))
     (output,) = report["accuracy"]["outputs"]
     assert output["max_abs_error"] < 1e-4 and output["cosine"] > 0.99999 and output["top1_agreement"] == 1.0
+
+
+def test_deploy_latency_budget_breaks_with_exit_5_and_keeps_the_report(emulated_board, artifacts, tmp_path):
+    report = tmp_path / "report.json"
+    args = ["-q", "deploy", str(artifacts("ops-zoo", "rpi4")), "--board", "emulated", "--repeat", "2"]
+    code = main([*args, "-o", str(report), "--max-latency-ms", "0.0001", "--max-accuracy-drop", "0.5"])
+    assert code == 5
+    assert json.loads(report.read_text())["latency_ms"]["n"] == 2
