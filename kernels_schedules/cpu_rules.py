@@ -323,7 +323,10 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
     if vectorized and not pairs:
         sch.vectorize(tile_loops[-1])
     if reduction:
-        init = sch.decompose_reduction(anchor, reduction[0])
+        # Zero the accumulators before the first loop under the parallel one: in dot form without a kernel window
+        # (dense) that is the tile, since with the zeroing inside the tile LLVM left the dot loops scalar.
+        first = (reduction[:-1] or tile_loops) if dot else reduction
+        init = sch.decompose_reduction(anchor, first[0])
         if vectorized:
             sch.vectorize(sch.get_loops(init)[-1])
     if pairs:

@@ -1,13 +1,16 @@
-"""Pass: int8 conv2d weights laid out for dot-product kernels (input channels innermost), widened where it pays.
+"""Pass: int8 conv2d / matmul weights laid out for dot-product kernels (reduction innermost), widened where it pays.
 
-After ``ConvertLayout`` an int8 x int8 -> int32 conv2d reads HWIO weights. Its default schedule
-(``cpu_rules.schedule_dot_tile``) runs the input-channel reduction innermost over contiguous activations and
-weights, which LLVM turns into the CPU's widening multiply-add: ``vpmaddwd`` on x86 AVX2 (``vpdpwssd`` with VNNI),
-``sdot`` on aarch64 with the dot-product extension, ``smull``/``smlal`` otherwise. So the weights become OHWI.
+After ``ConvertLayout`` an int8 x int8 -> int32 conv2d reads HWIO weights, a matmul [K, N] weights. Their default
+schedule (``cpu_rules.schedule_reduction_tile`` in dot form) runs the reduction innermost over contiguous
+activations and weights, which LLVM turns into the CPU's widening multiply-add: ``vpmaddwd`` on x86 AVX2
+(``vpdpwssd`` with VNNI), ``sdot`` on aarch64 with the dot-product extension, ``smull``/``smlal`` otherwise. So
+conv weights become OHWI.
 
 On x86, ``vpmaddwd`` takes int16 pairs: the int8 activations and weights are held in int16 (values unchanged,
 still int8 quantization), which saves a ``vpmovsxbw`` per operand in the inner loop; weights are widened once, at
-compile time. Grouped and depthwise convs keep HWIO: their reduction has no input channels to run over.
+compile time. Grouped and depthwise convs keep HWIO: their reduction has no input channels to run over. A matmul
+becomes ``dense_dot`` over the weight transposed to [N, K]. On x86, convs whose output channels fill whole ymm
+registers take the ``vpmaddwd`` pair kernel instead (``x86_int16_pairs``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,19 @@ from edgetvm.kernels_schedules.x86_int16_pairs import LANES, pair_conv2d
 # each output pays a horizontal sum: such convs keep HWIO and the output-channel-vectorised schedule.
 MIN_DOT_CHANNELS = 16
 
-_PATTERN = is_op("relax.nn.conv2d")(wildcard(), is_const())
+_PATTERN = is_op("relax.nn.conv2d")(wildcard(), is_const()) | is_op("relax.matmul")(wildcard(), is_const())
+
+
+def dense_dot(data, weight_nk):
+    """``out[m, n] = sum_k data[m, k] * weight_nk[n, k]`` in int32: both operands contiguous along ``k``."""
+    from tvm import te
+
+    k = te.reduce_axis((0, data.shape[1]), "k")
+    return te.compute(
+        (data.shape[0], weight_nk.shape[0]),
+        lambda m, n: te.sum(data[m, k].astype("int32") * weight_nk[n, k].astype("int32"), axis=k),
+        name="dense_dot",
+    )
 
 
 @tvm.transform.module_pass(opt_level=0, name="Int8ConvLayout")
@@ -46,33 +61,56 @@ class Int8ConvLayout:
             updated[gvar] = func
         return updated
 
-    def _pair_kernel(self, data, packed: np.ndarray, attrs) -> relax.Expr:
-        """``call_tir`` of the x86 pair kernel, one PrimFunc per distinct shape."""
+    def _te_kernel(self, name: str, compute, args: list[tuple[relax.Expr, tuple, str]], key: tuple) -> relax.Expr:
+        """``call_tir`` of the TE ``compute(*placeholders)`` over ``args`` (expression, shape, dtype), one PrimFunc
+        per distinct ``key``."""
         from tvm import te
 
-        key = (
-            tuple(int(d) for d in data.ty.shape),
-            packed.shape,
-            tuple(int(s) for s in attrs.strides),
-            tuple(int(p) for p in attrs.padding),
-        )
+        shapes = [tuple(int(d) for d in shape) for _, shape, _ in args]
+        dtypes = [dtype for _, _, dtype in args]
+        key = (name, *shapes, *key)
         if key not in self._kernels:
             # int64 extents, as LegalizeOps writes them: FuseTIR requires a tensor's buffers to agree exactly.
-            data_ph = te.placeholder([tvm.tirx.const(d, "int64") for d in key[0]], "int16", name="data")
-            weight_ph = te.placeholder([tvm.tirx.const(d, "int64") for d in packed.shape], "int16", name="packed")
-            out = pair_conv2d(data_ph, weight_ph, attrs.strides, attrs.padding)
-            func = te.create_prim_func([data_ph, weight_ph, out]).with_attr("op_pattern", 4)  # kOutEWiseFusable
-            gvar = self._builder.add_func(func, f"conv2d_int16_pairs{len(self._kernels)}")
-            self._kernels[key] = (gvar, [int(d) for d in out.shape])
-        gvar, out_shape = self._kernels[key]
-        return relax.call_tir(
-            gvar, [relax.op.astype(data, "int16"), relax.const(packed)], relax.TensorType(out_shape, "int32")
+            placeholders = [
+                te.placeholder([tvm.tirx.const(d, "int64") for d in shape], dtype, name=f"arg{i}")
+                for i, (shape, dtype) in enumerate(zip(shapes, dtypes, strict=True))
+            ]
+            out = compute(*placeholders)
+            func = te.create_prim_func([*placeholders, out]).with_attr("op_pattern", 4)  # kOutEWiseFusable
+            gvar = self._builder.add_func(func, f"{name}{len(self._kernels)}")
+            self._kernels[key] = (gvar, [int(d) for d in out.shape], str(out.dtype))
+        gvar, out_shape, out_dtype = self._kernels[key]
+        return relax.call_tir(gvar, [expr for expr, _, _ in args], relax.TensorType(out_shape, out_dtype))
+
+    def _pair_kernel(self, data, packed: np.ndarray, attrs) -> relax.Expr:
+        """The x86 pair kernel (``x86_int16_pairs``)."""
+        strides = tuple(int(s) for s in attrs.strides)
+        padding = tuple(int(p) for p in attrs.padding)
+        return self._te_kernel(
+            "conv2d_int16_pairs",
+            lambda x, w: pair_conv2d(x, w, strides, padding),
+            [(relax.op.astype(data, "int16"), data.ty.shape, "int16"), (relax.const(packed), packed.shape, "int16")],
+            (strides, padding),
         )
+
+    def _rewrite_matmul(self, call: relax.Call, data, weight) -> relax.Expr:
+        """int8 ``x[M, K] @ W[K, N]`` as a dot over ``W`` transposed to ``[N, K]`` (widened on x86)."""
+        if not (data.ty.ndim == 2 and weight.ty.ndim == 2 and int(weight.ty.shape[0]) >= MIN_DOT_CHANNELS):
+            return call
+        dtype = "int16" if self.widen else "int8"
+        transposed = np.ascontiguousarray(weight.value.numpy().T).astype(dtype)
+        operand = relax.op.astype(data, dtype) if self.widen else data
+        args = [(operand, data.ty.shape, dtype), (relax.const(transposed), transposed.shape, dtype)]
+        return self._te_kernel("dense_dot", dense_dot, args, ())
 
     def _rewrite(self, call: relax.Call, matches) -> relax.Expr:
         if not isinstance(call, relax.Call):  # the matcher can hand over the variable bound to the call
             return call
         data, weight = call.args
+        if call.op.name == "relax.matmul":
+            if data.ty.dtype == "int8" and weight.ty.dtype == "int8" and call.ty.dtype == "int32":
+                return self._rewrite_matmul(call, data, weight)
+            return call
         attrs = call.attrs
         if not (
             data.ty.dtype == "int8"

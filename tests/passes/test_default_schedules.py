@@ -234,3 +234,26 @@ def test_full_reduction_max_abs_matches_numpy():
     assert actual == np.abs(x).max()
     reductions = [rule for name, rule in report.functions.items() if "max" in name]
     assert reductions == ["full-reduction"], report.functions
+
+
+@pytest.mark.parametrize("target", ["x86", "rpi5"])
+def test_int8_dense_is_a_dot_product_and_exact(target):
+    w = RNG.integers(-127, 128, (256, 40)).astype("int8")
+    x = RNG.integers(-127, 128, (1, 256)).astype("int8")
+    bb = relax.BlockBuilder()
+    var = relax.Var("x", relax.TensorType(x.shape, "int8"))
+    with bb.function("main", [var]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(relax.op.matmul(var, relax.const(w), out_dtype="int32")))
+        bb.emit_func_output(out)
+    tvm_target = resolve_target(target).tvm_target()
+    report = ScheduleReport()
+    executable = tvm.compile(bb.get(), tvm_target, relax_pipeline=relax_pipeline(tvm_target, report))
+    assert [rule for name, rule in report.functions.items() if "dense_dot" in name] == ["reduction-tile"]
+    asm = "\n".join(sub.inspect_source("asm") for sub in executable.mod.imports)
+    if target == "x86":
+        actual = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+        np.testing.assert_array_equal(actual, x.astype(np.int64) @ w.astype(np.int64))
+        assert "vpmaddwd" in asm or CPUFacts.of(X86).vector_bits < 256
+    else:
+        assert "sdot\tv" in asm
