@@ -33,7 +33,12 @@ class ScheduleReport:
         return sorted(name for name, rule in self.functions.items() if rule == NAIVE)
 
     def to_json(self) -> dict:
-        return {"rules": self.counts(), "naive": self.naive(), "functions": dict(sorted(self.functions.items()))}
+        return {
+            "rules": self.counts(),
+            "naive": self.naive(),
+            "functions": dict(sorted(self.functions.items())),
+            "errors": dict(sorted(self.errors.items())),  # why each naive function kept TVM's loops
+        }
 
 
 def _is_scheduled(func: tirx.PrimFunc) -> bool:
@@ -58,19 +63,16 @@ class ApplyCPUSchedules:
             if not isinstance(func, tirx.PrimFunc):
                 continue
             name = gvar.name_hint
-            if _is_scheduled(func):
-                self.report.functions.setdefault(name, "database")
+            if _is_scheduled(func):  # scheduled before this pass (a tuning database, a hand-written kernel)
+                self.report.functions.setdefault(name, "prescheduled")
                 continue
             try:
-                scheduled = schedule_function(func, self.target)
+                sch, rule = schedule_function(func, self.target)
             except Exception as err:  # a ScheduleError or TVMError from a primitive: keep the naive loops
                 log.debug("no default schedule for %s: %s", name, err)
                 self.report.errors[name] = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
-                scheduled = None
-            if scheduled is None:
                 self.report.functions[name] = NAIVE
                 continue
-            sch, rule = scheduled
             self.report.functions[name] = rule
             updated[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
         for gvar, func in updated.items():

@@ -1,17 +1,20 @@
 """Default CPU schedules: deterministic TIR schedules for fused Relax PrimFuncs, no measurement needed.
 
-Each rule takes one fused PrimFunc (what ``FuseOps``/``FuseTIR`` made of a conv2d + its epilogue, a matmul, a
-pooling window, an elementwise chain...) and returns a scheduled ``tvm.s_tir.Schedule`` or ``None`` when the
-function is not its kind. They are tried in the order of ``RULES``; the first that applies wins.
+``schedule_function`` takes one fused PrimFunc (what ``FuseOps``/``FuseTIR`` made of a conv2d and its epilogue, a
+matmul, a pooling window, an elementwise chain...) and returns it scheduled with the name of the rule that did
+it (``reduction-tile``, ``full-reduction``, ``elementwise``, ``generic``), or raises when a primitive refuses;
+``apply_schedules.ApplyCPUSchedules`` then keeps TVM's naive loops and reports the function as ``naive``.
 
-The layouts they assume come from ``kernels_schedules.layout``: conv2d in NHWC with HWIO weights, so the output
-channel is the innermost, contiguous axis of both the weights and the result. The kernel is then the same for
-conv2d (1x1, 3x3, strided), depthwise conv2d, matmul/dense and pooling windows: a register tile of
-``rows x (lanes * vectors)`` accumulators, where ``rows`` walks the output's second-innermost axis (output
-width, or matrix rows) and the vectors walk output channels; the reduction loops (kernel window, input
-channels) run outside the tile so every weight vector loaded is used ``rows`` times and every input value
-``vectors`` times. Outer loops are fused and run in parallel over the target's cores. Epilogues (bias, batch
-norm, relu/relu6/hard-swish, residual add) are inlined into one block computed per tile, while the tile is hot.
+The layouts come from ``pipeline.layout_passes``: conv2d in NHWC with HWIO weights, so the output channel is the
+innermost, contiguous axis of both the weights and the result. The kernel is then the same for conv2d (1x1,
+3x3, strided), depthwise conv2d, matmul/dense and pooling windows: a register tile of ``rows x (lanes *
+vectors)`` accumulators, where ``rows`` walks the output's second-innermost axis (output width, or matrix rows)
+and the vectors walk output channels; the reduction loops (kernel window, input channels) run outside the tile
+so every weight vector loaded is used ``rows`` times and every input value ``vectors`` times. Outer loops are
+fused and run in parallel over the target's cores when there is enough work. Epilogues (bias, batch norm,
+relu/relu6/hard-swish, residual add) are inlined into one block computed per tile, while the tile is hot. int8
+kernels in dot form (``int8_conv_layout``) and the x86 pair kernel (``x86_int16_pairs``) are variants of the
+same tile.
 """
 
 from __future__ import annotations
@@ -405,8 +408,11 @@ def schedule_full_reduction(sch: s_tir.Schedule, block, facts: CPUFacts) -> None
     sch.vectorize(sch.get_loops(init)[-1])
 
 
-def schedule_function(func: tirx.PrimFunc, target: Target) -> tuple[s_tir.Schedule, str] | None:
-    """A scheduled copy of ``func`` and the name of the rule used, or None when no rule applies."""
+def schedule_function(func: tirx.PrimFunc, target: Target) -> tuple[s_tir.Schedule, str]:
+    """A scheduled copy of ``func`` and the name of the rule used (``generic`` when no other fits).
+
+    Raises ``s_tir.ScheduleError`` when a primitive refuses the function's shape.
+    """
     facts = CPUFacts.of(target)
     sch = s_tir.Schedule(func)
     blocks = _root_blocks(sch)
