@@ -52,6 +52,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     with _progress(args, f"compiling for {target.name}"):
         package = build_package(imported, target, args.output, scheme.manifest_entry())
     print(f"wrote {package.directory} ({target.name}, {package.manifest['library']['machine']})")
+    schedules = package.manifest["schedules"]
+    rules = ", ".join(f"{rule} {count}" for rule, count in schedules["rules"].items() if rule != "naive")
+    naive = ", ".join(schedules["naive"]) or "none"
+    print(f"default schedules: {rules}; naive (TVM's untouched loops): {naive}")
     if not budget.empty:
         from edgetvm.pipeline.gates import measure_host_build
         from edgetvm.pipeline.inputs import load_inputs

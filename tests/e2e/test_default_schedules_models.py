@@ -28,3 +28,9 @@ def test_arm_builds_are_scheduled_too(artifacts):
     for target in ("rpi4", "rpi3"):
         schedules = Package.load(artifacts("ops-zoo", target)).manifest["schedules"]
         assert schedules["naive"] == [] and schedules["rules"]["reduction-tile"] >= 5
+
+
+def test_compile_prints_the_schedule_report(ops_zoo_path, tmp_path, capsys):
+    assert main(["-q", "compile", str(ops_zoo_path), "-t", "x86", "-o", str(tmp_path / "zoo")]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("default schedules:")]
+    assert "reduction-tile" in line and line.endswith("naive (TVM's untouched loops): none")
