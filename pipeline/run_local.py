@@ -57,7 +57,26 @@ class LocalRunner:
         self.package = package
         self.device = tvm.cpu()
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(package.library_path)), self.device)
+        self._main = self.vm["main"]
+        # Input tensors allocated once and refilled: creating a tensor from numpy costs more than running a
+        # small model (48 us against 24 us for the trained MNIST CNN).
+        self._input_names = [spec.name for spec in package.inputs]
+        self._output_names = [spec.name for spec in package.outputs]
+        self._inputs = [tvm.runtime.empty(spec.shape, spec.dtype, self.device) for spec in package.inputs]
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by name for checked inputs (see ``pipeline.inputs.check_inputs``)."""
-        return invoke_main(self.vm, self.package, tensor_args(self.package, inputs, self.device))
+        for tensor, name in zip(self._inputs, self._input_names, strict=True):
+            tensor.copyfrom(np.ascontiguousarray(inputs[name]))
+        outputs = _copied_outputs(self._main(*self._inputs))
+        return dict(zip(self._output_names, outputs, strict=True))
+
+
+def _copied_outputs(result) -> list[np.ndarray]:
+    """The VM's result as numpy arrays that own their memory (the VM reuses its storage on the next run)."""
+    if hasattr(result, "numpy"):
+        try:
+            return [np.from_dlpack(result).copy()]
+        except (TypeError, RuntimeError, BufferError):  # a dtype numpy's DLPack import does not take
+            return [result.numpy()]
+    return [array for item in result for array in _copied_outputs(item)]
