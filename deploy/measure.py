@@ -16,6 +16,7 @@ from edgetvm.deploy.bootstrap import ensure_runtime
 from edgetvm.deploy.rpc_session import BoardSession, TrackerSession
 from edgetvm.deploy.ssh import SSHConnection
 from edgetvm.errors import BoardError, InputError, last_line
+from edgetvm.pipeline.bench import latency_stats
 from edgetvm.pipeline.compare import compare_outputs
 from edgetvm.pipeline.inputs import load_inputs
 from edgetvm.pipeline.package import Package
@@ -101,18 +102,6 @@ class DeployReport:
         if self.accuracy is None:
             lines.append("accuracy: no reference model (give --reference MODEL)")
         return "\n".join(lines)
-
-
-def latency_stats(samples_ms: list[float]) -> dict[str, float]:
-    data = np.asarray(samples_ms, dtype=np.float64)
-    return {
-        "median": float(np.median(data)),
-        "p90": float(np.percentile(data, 90)),
-        "p99": float(np.percentile(data, 99)),
-        "mean": float(data.mean()),
-        "std": float(data.std(ddof=1)) if data.size > 1 else 0.0,
-        "n": int(data.size),
-    }
 
 
 def resolve_board(package: Package, options: DeployOptions, progress: Progress | None = None) -> BoardConfig:

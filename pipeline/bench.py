@@ -180,13 +180,14 @@ def _settle(run: Callable[[], object], seconds: float, clock: Callable[[], float
 
 
 def latency_stats(samples_ms: list[float]) -> dict[str, float]:
-    """median, p90, p99, mean, min (milliseconds) and n of the timed runs."""
+    """median, p90, p99, mean, std, min (milliseconds) and n of the timed runs (``deploy`` reports the same)."""
     data = np.asarray(samples_ms, dtype=np.float64)
     return {
         "median": float(np.median(data)),
         "p90": float(np.percentile(data, 90)),
         "p99": float(np.percentile(data, 99)),
         "mean": float(data.mean()),
+        "std": float(data.std(ddof=1)) if data.size > 1 else 0.0,
         "min": float(data.min()),
         "n": int(data.size),
     }
