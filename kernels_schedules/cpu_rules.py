@@ -199,11 +199,15 @@ def choose_tile(rows_extent: int, cols_extent: int, lanes: int, facts: CPUFacts)
     else:
         cols = _pick(cols_extent, [lanes * 4, lanes * 3, lanes * 2, lanes])
         if cols == 1:
-            cols = _pick(cols_extent, [d for d in range(lanes * 4, 3, -1) if d % 4 == 0]) or 1
+            cols = _pick(cols_extent, [d for d in range(lanes * 4, 3, -1) if d % 4 == 0])
     vectors = max(1, -(-cols // lanes))
     max_rows = max(1, budget // vectors)
     rows = _pick(rows_extent, [r for r in (8, 7, 6, 5, 4, 3, 2) if r <= max_rows])
     return TileChoice(rows, cols)
+
+
+def _reduction_vars(block) -> list:
+    return [iv.var for iv in block.iter_vars if int(iv.iter_type) == tirx.IterVar.CommReduce]
 
 
 def _kernel_of(sch: s_tir.Schedule, block) -> str | None:
@@ -218,7 +222,7 @@ def is_dot_form(sch: s_tir.Schedule, anchor) -> bool:
     channels, the shape LLVM's loop vectoriser turns into widening dot-product instructions.
     """
     block = sch.get(anchor)
-    reduction_vars = [iv.var for iv in block.iter_vars if int(iv.iter_type) == tirx.IterVar.CommReduce]
+    reduction_vars = _reduction_vars(block)
     if not reduction_vars:
         return False
     inner = reduction_vars[-1]
@@ -229,10 +233,11 @@ def is_dot_form(sch: s_tir.Schedule, anchor) -> bool:
     )
 
 
-def _stride_one_window(sch: s_tir.Schedule, anchor) -> bool:
-    """The two innermost reduction variables index the input's last two axes as ``x + kx`` and ``c``."""
+def _window_row_is_contiguous(sch: s_tir.Schedule, anchor) -> bool:
+    """The two innermost reduction variables index the inputs' last two axes as ``x * stride + kx`` and ``c``
+    (no dilation), so (kernel column, input channel) is one contiguous run in NHWC activations and OHWI weights."""
     block = sch.get(anchor)
-    reduction_vars = [iv.var for iv in block.iter_vars if int(iv.iter_type) == tirx.IterVar.CommReduce]
+    reduction_vars = _reduction_vars(block)
     if len(reduction_vars) < 2:
         return False
     kx = reduction_vars[-2]
@@ -299,7 +304,7 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
     else:
         outer_loops = [*outer, c_outer]
         tile_loops = [c_inner]
-    if dot and len(reduction) >= 2 and _stride_one_window(sch, anchor):
+    if dot and len(reduction) >= 2 and _window_row_is_contiguous(sch, anchor):
         # NHWC with OHWI weights: (kernel column, input channel) is one contiguous run in both operands,
         # so one longer dot loop replaces kw short ones (and their horizontal sums).
         sch.reorder(*outer_loops, *reduction[:-2], *tile_loops, *reduction[-2:])

@@ -10,14 +10,16 @@ from edgetvm.errors import InputError
 from edgetvm.pipeline.package import Package
 
 
-def unpack_outputs(result) -> list[np.ndarray]:
-    """The VM's result (a tensor or a nested tuple of tensors) as a flat list of numpy arrays."""
+def flatten_tensors(result) -> list:
+    """The VM's result (a tensor or a nested tuple of tensors) as a flat list of tensors."""
     if hasattr(result, "numpy"):
-        return [result.numpy()]
-    flat: list[np.ndarray] = []
-    for item in result:
-        flat.extend(unpack_outputs(item))
-    return flat
+        return [result]
+    return [tensor for item in result for tensor in flatten_tensors(item)]
+
+
+def unpack_outputs(result) -> list[np.ndarray]:
+    """The VM's result as a flat list of numpy arrays (``.numpy()``: works for remote tensors too)."""
+    return [tensor.numpy() for tensor in flatten_tensors(result)]
 
 
 def tensor_args(package: Package, inputs: dict[str, np.ndarray], device) -> list:
@@ -68,15 +70,14 @@ class LocalRunner:
         """Outputs by name for checked inputs (see ``pipeline.inputs.check_inputs``)."""
         for tensor, name in zip(self._inputs, self._input_names, strict=True):
             tensor.copyfrom(np.ascontiguousarray(inputs[name]))
-        outputs = _copied_outputs(self._main(*self._inputs))
+        outputs = [_owned_array(tensor) for tensor in flatten_tensors(self._main(*self._inputs))]
         return dict(zip(self._output_names, outputs, strict=True))
 
 
-def _copied_outputs(result) -> list[np.ndarray]:
-    """The VM's result as numpy arrays that own their memory (the VM reuses its storage on the next run)."""
-    if hasattr(result, "numpy"):
-        try:
-            return [np.from_dlpack(result).copy()]
-        except (TypeError, RuntimeError, BufferError):  # a dtype numpy's DLPack import does not take
-            return [result.numpy()]
-    return [array for item in result for array in _copied_outputs(item)]
+def _owned_array(tensor) -> np.ndarray:
+    """A local tensor as a numpy array that owns its memory (the VM reuses its storage on the next run); a DLPack
+    view plus one copy is cheaper than ``.numpy()``."""
+    try:
+        return np.from_dlpack(tensor).copy()
+    except (TypeError, RuntimeError, BufferError):  # a dtype numpy's DLPack import does not take
+        return tensor.numpy()
