@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 from tvm.script import relax as R
+
+from edgetvm.pipeline.passes.quant_layers import rewrite_layers
 
 QMAX = 127
 # A tensor of zeros has max|x| = 0; the floor keeps its scale finite (it then quantizes to zeros, as it should).
@@ -26,32 +27,24 @@ EPSILON = 1e-12
 class DynamicQuantize:
     """Rewrite float32 ``relax.nn.conv2d`` and ``relax.matmul`` with constant weights to int8 compute.
 
-    Everything else (other operators, non-constant weights, other dtypes) stays float.
+    Everything else (other operators, non-constant weights, other dtypes) stays float, and so do the layers
+    whose keys (see ``quant_layers``) are in ``keep_float``.
     """
+
+    def __init__(self, keep_float: frozenset[str] = frozenset()):
+        self.keep_float = frozenset(keep_float)
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         updated = mod.clone()  # a module pass must not change the module it was given
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                updated[gvar] = rewrite_call(_PATTERNS, _rewrite, func)
+        updated["main"] = rewrite_layers(mod["main"], self._rewrite)
         return updated
 
-
-_PATTERNS = is_op("relax.nn.conv2d")(wildcard(), is_const()) | is_op("relax.matmul")(wildcard(), is_const())
-
-
-def _rewrite(call: relax.Call, _matches) -> relax.Expr:
-    data, weight = call.args
-    handler = _HANDLERS.get(call.op.name)
-    if handler is None or not (_is_float32(data) and _is_float32(weight) and _is_float32(call)):
-        return call
-    quantized = handler(call, data, weight)
-    return call if quantized is None else quantized
-
-
-def _is_float32(expr: relax.Expr) -> bool:
-    info = expr.ty
-    return isinstance(info, relax.TensorType) and info.dtype == "float32" and info.ndim >= 1
+    def _rewrite(self, call: relax.Call, key: str) -> relax.Expr:
+        handler = _HANDLERS.get(call.op.name)
+        if handler is None or key in self.keep_float:
+            return call
+        quantized = handler(call, *call.args[:2])
+        return call if quantized is None else quantized
 
 
 def _quantized_conv2d(call: relax.Call, data: relax.Expr, weight: tvm.ir.GenericConst) -> relax.Expr | None:
@@ -84,8 +77,6 @@ def _quantized_conv2d(call: relax.Call, data: relax.Expr, weight: tvm.ir.Generic
 
 def _quantized_matmul(call: relax.Call, data: relax.Expr, weight: tvm.ir.GenericConst) -> relax.Expr | None:
     weight_np = weight.value.numpy()
-    if weight_np.ndim < 2:
-        return None  # a vector weight has no output axis: its one axis is the contracted one
     # The weight's last axis is the output (column) axis: one scale per column, which broadcasts over the result.
     w_int8, w_scale = quantize_weight(weight_np, weight_np.ndim - 1)
     x_int8, x_scale = _quantize_activation(data)

@@ -8,6 +8,7 @@ from tvm.script import relax as R
 
 from edgetvm.pipeline.passes import DynamicQuantize
 from edgetvm.pipeline.passes.dynamic_quantize import EPSILON, quantize_weight
+from edgetvm.pipeline.passes.quant_layers import quant_layers
 
 X_SHAPE = (1, 3, 8, 8)
 AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}
@@ -182,3 +183,14 @@ def test_vector_weight_matmul_stays_float():
         bb.emit_func_output(out)
     before = bb.get()
     tvm.ir.assert_structural_equal(DynamicQuantize()(before), before)
+
+
+def test_layers_are_keyed_in_binding_order_and_keep_float_leaves_them_float(weights):
+    mod = _module(weights)
+    assert [(layer.key, layer.weight_shape) for layer in quant_layers(mod)] == [
+        ("conv2d_0", (4, 3, 3, 3)),
+        ("matmul_0", (64, 5)),
+    ]
+    kept = DynamicQuantize(keep_float=frozenset({"matmul_0"}))(mod)
+    dtypes = {c.op.name: c.ty.dtype for c in _calls(kept) if c.op.name in ("relax.nn.conv2d", "relax.matmul")}
+    assert dtypes == {"relax.nn.conv2d": "int32", "relax.matmul": "float32"}

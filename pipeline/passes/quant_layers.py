@@ -1,0 +1,82 @@
+"""The quantizable layers of a float module, named the same way by every quantization pass and report.
+
+A *layer* is a float32 ``relax.nn.conv2d`` or ``relax.matmul`` whose weight is a constant. Its key is the op's
+short name and its ordinal among the layers of ``main`` in binding order (``conv2d_0``, ``matmul_3``...). The
+keys are computed on the float module, before any rewrite, so that a quantization pass, the per-layer accuracy
+report and mixed precision (``keep_float``) all speak of the same layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import tvm
+from tvm import relax
+
+LAYER_OPS = {"relax.nn.conv2d": "conv2d", "relax.matmul": "matmul"}
+
+
+@dataclass(frozen=True)
+class QuantLayer:
+    """One quantizable layer: its key, its op and its constant weight's shape."""
+
+    key: str
+    op: str
+    weight_shape: tuple[int, ...]
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "op": self.op, "weight_shape": list(self.weight_shape)}
+
+
+def is_layer(call: relax.Expr) -> bool:
+    """Whether ``call`` is a float32 conv2d / matmul with a constant float32 weight of rank >= 2."""
+    if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name in LAYER_OPS):
+        return False
+    if len(call.args) < 2 or not isinstance(call.args[1], tvm.ir.GenericConst):
+        return False
+    return all(_is_float32(e) for e in (call.args[0], call.args[1], call)) and call.args[1].ty.ndim >= 2
+
+
+def _is_float32(expr: relax.Expr) -> bool:
+    info = expr.ty
+    return isinstance(info, relax.TensorType) and info.dtype == "float32" and info.ndim >= 1
+
+
+def quant_layers(mod: tvm.IRModule) -> list[QuantLayer]:
+    """The layers of ``mod["main"]`` in binding order."""
+    layers: list[QuantLayer] = []
+
+    def visit(call: relax.Call, key: str) -> relax.Expr:
+        layers.append(QuantLayer(key, LAYER_OPS[call.op.name], tuple(int(d) for d in call.args[1].ty.shape)))
+        return call
+
+    rewrite_layers(mod["main"], visit)
+    return layers
+
+
+def rewrite_layers(func: relax.Function, rewrite: Callable[[relax.Call, str], relax.Expr]) -> relax.Function:
+    """``func`` with each layer's call replaced by ``rewrite(call, key)`` (return the call to keep it).
+
+    Bindings are visited in order; an expression that referred to a layer's output refers to the rewritten
+    output.
+    """
+    return _LayerRewriter(rewrite).visit_expr(func)
+
+
+@relax.expr_functor.mutator
+class _LayerRewriter(relax.PyExprMutator):
+    def __init__(self, rewrite: Callable[[relax.Call, str], relax.Expr]):
+        super().__init__()
+        self._rewrite = rewrite
+        self._counts: dict[str, int] = {}
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        # Calls are visited in binding order (the module is normalized: every call is a binding's value).
+        call = super().visit_call_(call)
+        if not is_layer(call):
+            return call
+        op = LAYER_OPS[call.op.name]
+        key = f"{op}_{self._counts.get(op, 0)}"
+        self._counts[op] = self._counts.get(op, 0) + 1
+        return self._rewrite(call, key)
