@@ -29,6 +29,7 @@ def _cmd_targets(args: argparse.Namespace) -> int:
 
 def _cmd_compile(args: argparse.Namespace) -> int:
     from edgetvm.pipeline.build import build_package
+    from edgetvm.pipeline.calibrate import prepare_calibration, quantization_manifest, ranges_files
     from edgetvm.pipeline.ingest import load_model
     from edgetvm.pipeline.quantize import quantize
     from edgetvm.pipeline.schemes import get_scheme
@@ -46,11 +47,15 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     shapes = parse_shape_option(args.input_shape)
     with _progress(args, f"importing {args.model}"):
         imported = load_model(args.model, shapes)
+    with _progress(args, "calibrating") as progress:
+        scheme, ranges = prepare_calibration(imported, scheme, _calibration_options(args), progress.update)
     if not scheme.is_float:
         with _progress(args, f"quantizing with {scheme.name}"):
-            imported = quantize(imported, scheme)
+            imported = quantize(imported, scheme, calibration=ranges)
     with _progress(args, f"compiling for {target.name}"):
-        package = build_package(imported, target, args.output, scheme.manifest_entry())
+        package = build_package(
+            imported, target, args.output, quantization_manifest(scheme, ranges), ranges_files(ranges)
+        )
     print(f"wrote {package.directory} ({target.name}, {package.manifest['library']['machine']})")
     schedules = package.manifest["schedules"]
     rules = ", ".join(f"{rule} {count}" for rule, count in schedules["rules"].items() if rule != "naive")
@@ -119,6 +124,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         settle_ms=args.settle_ms,
         inputs=args.inputs,
         seed=args.seed,
+        calibration=_calibration_options(args),
     )
     with _progress(args, f"benchmarking {args.model}") as progress:
         report = run_bench(args.model, args.output, options, progress.update)
@@ -207,6 +213,30 @@ def _add_gate_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--junit", type=Path, metavar="FILE", help="write every gate as a JUnit XML test case")
 
 
+def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("calibration (static schemes: w8a8-static)")
+    group.add_argument(
+        "--calib",
+        metavar="DATA",
+        help=".npz (or a directory of .npz files) with one array per model input, one sample or a batch [N, ...]",
+    )
+    group.add_argument("--calib-method", metavar="METHOD", help="minmax, percentile or entropy (default: the scheme's)")
+    group.add_argument(
+        "--calib-percentile", type=float, metavar="P", help="the percentile of |x| to keep (default 99.99)"
+    )
+    group.add_argument(
+        "--calib-ranges",
+        metavar="FILE",
+        help="calibration.json of an earlier build of the same model, instead of --calib",
+    )
+
+
+def _calibration_options(args: argparse.Namespace):
+    from edgetvm.pipeline.calibrate import CalibrationOptions
+
+    return CalibrationOptions(args.calib, args.calib_method, args.calib_percentile, args.calib_ranges)
+
+
 def _budget(args: argparse.Namespace):
     from edgetvm.pipeline.gates import Budget, parse_regression
 
@@ -238,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", "-t", required=True, help="preset name, inline JSON or JSON file")
     p.add_argument("--output", "-o", required=True, help="artifact directory to write")
     p.add_argument("--quantize", default="none", metavar="SCHEME", help="quantization scheme (default none)")
+    _add_calibration_options(p)
     _add_inputs_options(p)  # what the budgets measure with (x86 builds: run here)
     _add_gate_options(p)
     p.set_defaults(func=_cmd_compile)
@@ -268,6 +299,7 @@ def _add_bench_command(sub) -> None:
     _add_model_options(p)
     p.add_argument("--target", "-t", default="x86", help="this host's target (default x86); boards: not yet")
     p.add_argument("--schemes", default="none", help="comma-separated edgetvm schemes (default none)")
+    _add_calibration_options(p)
     p.add_argument("--threads", type=int, help="threads of every runtime (default: the target's cores)")
     p.add_argument("--repeat", type=int, default=30, help="timed rounds, every variant once per round (default 30)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")

@@ -70,12 +70,15 @@ def edgetvm_variants(
     schemes: list[QuantScheme],
     builds_dir: Path,
     progress: Progress | None = None,
+    calibration=None,
 ) -> list[Variant]:
     """One variant per scheme: quantize, ``build_package`` into ``builds_dir/SCHEME``, load with ``LocalRunner``.
 
-    A scheme whose build fails in TVM (``BuildError``) becomes an error row; bad input still raises.
+    Static schemes are calibrated with ``calibration`` (a ``CalibrationOptions``). A scheme whose build fails in
+    TVM (``BuildError``) becomes an error row; bad input (calibration data included) still raises.
     """
     from edgetvm.pipeline.build import build_package
+    from edgetvm.pipeline.calibrate import CalibrationOptions, prepare_calibration, quantization_manifest, ranges_files
     from edgetvm.pipeline.quantize import quantize
     from edgetvm.pipeline.run_local import LocalRunner
 
@@ -84,9 +87,13 @@ def edgetvm_variants(
         if progress:
             progress(f"building {imported.path.name} with edgetvm ({scheme.name}) for {target.name}")
         directory = builds_dir / scheme.name
+        ranges = None
+        if scheme.activation_mode == "static":
+            scheme, ranges = prepare_calibration(imported, scheme, calibration or CalibrationOptions(), progress)
         try:
-            module = imported if scheme.is_float else quantize(imported, scheme)
-            package = build_package(module, target, directory, scheme.manifest_entry())
+            module = imported if scheme.is_float else quantize(imported, scheme, calibration=ranges)
+            quantization = quantization_manifest(scheme, ranges)
+            package = build_package(module, target, directory, quantization, ranges_files(ranges))
         except BuildError as err:
             log.warning("edgetvm %s: %s", scheme.name, err)
             variants.append(Variant("edgetvm", scheme.name, error=str(err)))

@@ -50,9 +50,16 @@ def export_library(executable, target: TargetPreset, path: Path) -> None:
 
 
 def build_package(
-    imported: ImportedModel, target: TargetPreset, out_dir: str | Path, quantization: dict | str = "none"
+    imported: ImportedModel,
+    target: TargetPreset,
+    out_dir: str | Path,
+    quantization: dict | str = "none",
+    extra_files: dict[str, str] | None = None,
 ) -> Package:
-    """Compile ``imported`` for ``target`` into ``out_dir`` (``model.so`` + ``manifest.json``), atomically."""
+    """Compile ``imported`` for ``target`` into ``out_dir`` (``model.so`` + ``manifest.json``), atomically.
+
+    ``extra_files`` (name -> text) are written beside them, e.g. the calibration ranges of a static scheme.
+    """
     import tvm
 
     target.check_toolchain()
@@ -83,6 +90,8 @@ def build_package(
             "schedules": report.to_json(),
             "library": {"file": LIBRARY, "sha256": file_sha256(library), "machine": machine},
         }
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
         write_manifest(staging, manifest)
     log.info("wrote %s for %s", out_dir, target.name)
     return Package.load(out_dir)

@@ -6,13 +6,23 @@ import dataclasses
 import logging
 
 from edgetvm.errors import BuildError, InputError, last_line
+from edgetvm.pipeline.calibration_stats import CalibrationRanges
 from edgetvm.pipeline.ingest import ImportedModel
 from edgetvm.pipeline.schemes import QuantScheme
 
 log = logging.getLogger(__name__)
 
 
-def _w8a8_dynamic_pipeline() -> list:
+@dataclasses.dataclass(frozen=True)
+class PipelineOptions:
+    """What a scheme's pass pipeline is built with besides the scheme itself."""
+
+    scheme: QuantScheme
+    keep_float: frozenset[str] = frozenset()
+    calibration: CalibrationRanges | None = None
+
+
+def _w8a8_dynamic_pipeline(options: PipelineOptions) -> list:
     import tvm
 
     from edgetvm.pipeline.passes import DynamicQuantize
@@ -21,26 +31,62 @@ def _w8a8_dynamic_pipeline() -> list:
         # 1. Fold constant subgraphs (e.g. a transposed Gemm weight) so that weights reach conv2d/matmul as constants.
         tvm.relax.transform.FoldConstant(),
         # 2. conv2d / matmul with constant weights -> int8 x int8 -> int32, dequantized to float32.
-        DynamicQuantize(),
+        DynamicQuantize(options.keep_float),
         # 3. Quantize the (now int8) weights once at build time: fold what depends only on constants.
+        tvm.relax.transform.FoldConstant(),
+    ]
+
+
+def _w8a8_static_pipeline(options: PipelineOptions) -> list:
+    import tvm
+
+    from edgetvm.pipeline.passes import Requantize, StaticQuantize
+
+    if options.calibration is None:
+        raise InputError(
+            f"quantization scheme {options.scheme.name!r} needs calibration: give --calib DATA.npz (or a directory "
+            "of .npz files) or --calib-ranges calibration.json"
+        )
+    return [
+        # 1. Fold constant subgraphs so that weights reach conv2d/matmul as constants (the layer keys of calibration).
+        tvm.relax.transform.FoldConstant(),
+        # 2. conv2d / matmul -> int8 x int8 -> int32 with the calibrated constant activation scales.
+        StaticQuantize(
+            options.calibration,
+            options.keep_float,
+            per_tensor_weights=options.scheme.weight_granularity == "per-tensor",
+        ),
+        # 3. Between consecutive layers: int32 rescaled straight to int8, pooling and reshapes on int8.
+        Requantize(),
+        # 4. Fold what depends only on constants (the quantized weights).
         tvm.relax.transform.FoldConstant(),
     ]
 
 
 # One pass pipeline per scheme name; "none" has no passes. A new scheme adds its entry here.
 PIPELINES = {
-    "none": lambda: [],
+    "none": lambda _options: [],
     "w8a8-dynamic": _w8a8_dynamic_pipeline,
+    "w8a8-static": _w8a8_static_pipeline,
 }
 
 
-def quantize(imported: ImportedModel, scheme: QuantScheme) -> ImportedModel:
+def quantize(
+    imported: ImportedModel,
+    scheme: QuantScheme,
+    *,
+    keep_float: frozenset[str] = frozenset(),
+    calibration: CalibrationRanges | None = None,
+) -> ImportedModel:
     """Return ``imported`` with its module rewritten by ``scheme``'s pass pipeline.
+
+    ``keep_float`` names layers (``quant_layers`` keys) left in float; ``calibration`` holds the activation ranges
+    static schemes need (``pipeline.calibrate``).
 
     Raises
     ------
     InputError
-        When the scheme is registered but has no pass pipeline yet.
+        When the scheme is registered but has no pass pipeline yet, or a static scheme has no calibration.
     BuildError
         When a pass fails on the module.
     """
@@ -48,13 +94,15 @@ def quantize(imported: ImportedModel, scheme: QuantScheme) -> ImportedModel:
         raise InputError(
             f"quantization scheme {scheme.name!r} has no pass pipeline yet; implemented: {', '.join(PIPELINES)}"
         )
-    passes = PIPELINES[scheme.name]()
+    passes = PIPELINES[scheme.name](PipelineOptions(scheme, frozenset(keep_float), calibration))
     if not passes:
         return imported
     import tvm
 
     try:
         mod = tvm.transform.Sequential(passes, name=f"quantize-{scheme.name}")(imported.mod)
+    except InputError:
+        raise
     except Exception as err:  # TVM raises TVMError and friends from inside passes
         raise BuildError(f"quantizing {imported.path} with {scheme.name} failed: {last_line(err)}") from err
     log.info("quantized %s with %s", imported.path, scheme.name)

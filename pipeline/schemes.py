@@ -8,10 +8,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from edgetvm.errors import InputError
+from edgetvm.pipeline.calibration_stats import CalibrationMethod
 
 WEIGHT_GRANULARITIES = ("per-channel", "per-tensor")
 ACTIVATION_MODES = ("none", "static", "dynamic")
 WEIGHT_BITS = (1, 2, 4, 8, 32)
+CALIBRATION_METHODS = tuple(method.value for method in CalibrationMethod)
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class QuantScheme:
     activation_mode : str
         ``none`` (float activations), ``static`` (scales from calibration) or ``dynamic`` (scales at run time).
     calibration : str or None
-        The calibration method for static activations (``min-max``, ...); None otherwise.
+        The calibration method for static activations (``minmax``, ``percentile``, ``entropy``); None otherwise.
     """
 
     name: str
@@ -56,6 +58,8 @@ class QuantScheme:
                 f"quantization scheme {self.name!r}: field 'calibration' must name a method when "
                 f"activation_mode is 'static', got {self.calibration!r}"
             )
+        if self.activation_mode == "static":
+            _check_choice(self.name, "calibration", CALIBRATION_METHODS, self.calibration)
         if self.activation_mode != "static" and self.calibration is not None:
             raise InputError(
                 f"quantization scheme {self.name!r}: field 'calibration' must be None when activation_mode is "
@@ -145,5 +149,18 @@ W8A8_DYNAMIC = register_scheme(
         weight_granularity="per-channel",
         symmetric=True,
         activation_mode="dynamic",
+    )
+)
+
+W8A8_STATIC = register_scheme(
+    QuantScheme(
+        name="w8a8-static",
+        description="int8 symmetric per-output-channel weights, int8 per-tensor activations with calibrated "
+        "scales (--calib), requantized between layers",
+        weight_bits=8,
+        weight_granularity="per-channel",
+        symmetric=True,
+        activation_mode="static",
+        calibration="percentile",
     )
 )

@@ -1,5 +1,7 @@
 """Relax passes of the quantization pipelines, one pass per file (see ``pipeline/quantize.py`` for their order)."""
 
 from edgetvm.pipeline.passes.dynamic_quantize import DynamicQuantize
+from edgetvm.pipeline.passes.requantize import Requantize
+from edgetvm.pipeline.passes.static_quantize import StaticQuantize
 
-__all__ = ["DynamicQuantize"]
+__all__ = ["DynamicQuantize", "Requantize", "StaticQuantize"]

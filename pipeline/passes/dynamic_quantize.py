@@ -5,8 +5,8 @@ quantized at run time, symmetric, one scale per tensor computed in the graph (``
 accumulator is converted back to float32 and multiplied by ``x_scale * w_scale[channel]``, so every rewritten
 operator takes and returns float32 and the rest of the graph is unchanged.
 
-Not done yet: requantization (int32 straight to int8 between consecutive quantized layers, without the float
-round trip), static (calibrated) activation scales, importing ONNX QDQ graphs, asymmetric activations.
+Static (calibrated) scales and requantization between layers are ``static_quantize.py`` and ``requantize.py``.
+Not done yet: requantization with run-time scales, asymmetric activations.
 """
 
 from __future__ import annotations
@@ -40,21 +40,32 @@ class DynamicQuantize:
         return updated
 
     def _rewrite(self, call: relax.Call, key: str) -> relax.Expr:
-        handler = _HANDLERS.get(call.op.name)
-        if handler is None or key in self.keep_float:
+        layer = INT8_LAYERS.get(call.op.name)
+        if layer is None or key in self.keep_float:
             return call
-        quantized = handler(call, *call.args[:2])
-        return call if quantized is None else quantized
+        x_int8, x_scale = _quantize_activation(call.args[0])
+        built = layer(call, x_int8, call.args[1])
+        if built is None:
+            return call
+        acc, w_scale = built
+        return _dequantize(acc, x_scale, w_scale)
 
 
-def _quantized_conv2d(call: relax.Call, data: relax.Expr, weight: tvm.ir.GenericConst) -> relax.Expr | None:
+def int8_conv2d(
+    call: relax.Call, x_int8: relax.Expr, weight: tvm.ir.GenericConst, per_tensor: bool = False
+) -> tuple[relax.Expr, np.ndarray] | None:
+    """``call``'s conv2d over the int8 activation ``x_int8`` and its weight quantized per output channel.
+
+    Returns the int32 accumulator and the weight scales shaped to broadcast along the output's channel axis, at
+    the output's full rank ((1, C, 1, 1) for NCHW: layout conversion can then re-lay the constant out with the conv
+    instead of transposing around it); None for layouts the importers do not write (NCHW4c, ...).
+    """
     attrs = call.attrs
     if sorted(str(attrs.data_layout)) != sorted("NCHW") or sorted(str(attrs.kernel_layout)) != sorted("OIHW"):
-        return None  # packed layouts (NCHW4c, ...) do not come from the importers
+        return None
     kernel_layout = str(attrs.kernel_layout)
     out_layout = str(attrs.out_layout) or str(attrs.data_layout)
-    w_int8, w_scale = quantize_weight(weight.value.numpy(), kernel_layout.index("O"))
-    x_int8, x_scale = _quantize_activation(data)
+    w_int8, w_scale = quantize_weight(weight.value.numpy(), kernel_layout.index("O"), per_tensor)
     acc = R.nn.conv2d(
         x_int8,
         relax.const(w_int8),
@@ -67,29 +78,28 @@ def _quantized_conv2d(call: relax.Call, data: relax.Expr, weight: tvm.ir.Generic
         out_layout=out_layout,
         out_dtype="int32",
     )
-    # The per-channel scales broadcast along the output's channel axis, at the output's full rank ((1, C, 1, 1) for
-    # NCHW): layout conversion can then re-lay the constant out with the conv instead of transposing around it.
-    channel_axis = out_layout.index("C")
     shape = [1] * len(out_layout)
-    shape[channel_axis] = -1
-    return _dequantize(acc, x_scale, w_scale.reshape(shape))
+    shape[out_layout.index("C")] = -1
+    return acc, w_scale.reshape(shape)
 
 
-def _quantized_matmul(call: relax.Call, data: relax.Expr, weight: tvm.ir.GenericConst) -> relax.Expr | None:
+def int8_matmul(
+    call: relax.Call, x_int8: relax.Expr, weight: tvm.ir.GenericConst, per_tensor: bool = False
+) -> tuple[relax.Expr, np.ndarray] | None:
+    """``x_int8 @ weight`` in int32 with the weight quantized per column (its last axis, the output axis): one
+    scale per column, which broadcasts over the result."""
     weight_np = weight.value.numpy()
-    # The weight's last axis is the output (column) axis: one scale per column, which broadcasts over the result.
-    w_int8, w_scale = quantize_weight(weight_np, weight_np.ndim - 1)
-    x_int8, x_scale = _quantize_activation(data)
-    acc = R.matmul(x_int8, relax.const(w_int8), out_dtype="int32")
-    return _dequantize(acc, x_scale, w_scale)
+    w_int8, w_scale = quantize_weight(weight_np, weight_np.ndim - 1, per_tensor)
+    return R.matmul(x_int8, relax.const(w_int8), out_dtype="int32"), w_scale
 
 
-# op name -> handler returning the int8 rewrite, or None to leave the call in float; unknown ops stay float.
-_HANDLERS = {"relax.nn.conv2d": _quantized_conv2d, "relax.matmul": _quantized_matmul}
+# op name -> builder of the int8 layer (int32 accumulator, weight scales), or None to leave the call in float;
+# unknown ops stay float. Shared by the dynamic and static passes, which differ in how activations are quantized.
+INT8_LAYERS = {"relax.nn.conv2d": int8_conv2d, "relax.matmul": int8_matmul}
 
 
-def quantize_weight(weight: np.ndarray, channel_axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per-channel quantization of a float weight.
+def quantize_weight(weight: np.ndarray, channel_axis: int, per_tensor: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per-channel (or, with ``per_tensor``, one scale for all) quantization of a float weight.
 
     Returns
     -------
@@ -97,6 +107,8 @@ def quantize_weight(weight: np.ndarray, channel_axis: int) -> tuple[np.ndarray, 
     """
     moved = np.moveaxis(weight.astype(np.float32), channel_axis, 0)
     max_abs = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
+    if per_tensor:  # the same scale repeated per channel: what uses the scales does not change
+        max_abs = np.full_like(max_abs, max_abs.max())
     scale = (np.maximum(max_abs, EPSILON) / QMAX).astype(np.float32)
     broadcast = scale.reshape((-1,) + (1,) * (moved.ndim - 1))
     quantized = np.clip(np.round(moved / broadcast), -QMAX, QMAX).astype(np.int8)

@@ -67,9 +67,12 @@ def test_rpi4_int8_build_is_aarch64(quantized):
 def test_schemes_command_and_unknown_scheme(ppocr_cls_path, tmp_path, capsys):
     assert main(["schemes"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == ["none", "w8a8-dynamic"]
+    assert [line.split()[0] for line in lines] == ["none", "w8a8-dynamic", "w8a8-static"]
     argv = ["compile", str(ppocr_cls_path), *SHAPE, "--target", "x86", "--quantize", "w4a4", "-o", str(tmp_path / "o")]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "unknown quantization scheme 'w4a4'; known schemes: none, w8a8-dynamic" in err and len(err.splitlines()) == 1
+    assert (
+        "unknown quantization scheme 'w4a4'; known schemes: none, w8a8-dynamic, w8a8-static" in err
+        and len(err.splitlines()) == 1
+    )
     assert not (tmp_path / "o").exists()

@@ -67,6 +67,10 @@ def test_register_and_unregister():
         ({"symmetric": 1}, "field 'symmetric' must be one of True, False, got 1"),
         ({"activation_mode": "lazy"}, "field 'activation_mode' must be one of 'none', 'static', 'dynamic', got 'lazy'"),
         ({"activation_mode": "static"}, "field 'calibration' must name a method"),
+        (
+            {"activation_mode": "static", "calibration": "median"},
+            "field 'calibration' must be one of 'minmax', 'percentile', 'entropy', got 'median'",
+        ),
         ({"calibration": "min-max"}, "field 'calibration' must be None when activation_mode is 'dynamic'"),
         ({"name": ""}, "field 'name' must be a non-empty string"),
     ],
@@ -80,4 +84,10 @@ def test_bad_fields_are_refused(changes, message):
 def test_unknown_scheme_lists_the_known_ones():
     with pytest.raises(InputError) as info:
         get_scheme("w4a4")
-    assert str(info.value) == "unknown quantization scheme 'w4a4'; known schemes: none, w8a8-dynamic"
+    assert str(info.value) == "unknown quantization scheme 'w4a4'; known schemes: none, w8a8-dynamic, w8a8-static"
+
+
+def test_static_scheme_names_its_calibration_method():
+    scheme = get_scheme("w8a8-static")
+    assert scheme.activation_mode == "static" and scheme.calibration in ("minmax", "percentile", "entropy")
+    assert scheme.manifest_entry()["calibration"] == scheme.calibration

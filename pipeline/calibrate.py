@@ -1,0 +1,315 @@
+"""Calibration for static activation scales: data, ``collect`` (run the float model) and ``compute`` (ranges).
+
+``CalibrationData`` iterates input dicts from an ``.npz`` file or a directory of them, each checked against the
+model's inputs. ``collect`` compiles the float model for this host with every layer's input as an extra output
+and runs it on each input dict, filling one histogram per layer key (``quant_layers``); ``compute`` turns those
+statistics into ranges with one ``CalibrationMethod``. Collecting once and computing with several methods is
+cheap; the ranges are written to the artifact directory (``calibration.json``) and can be reused with
+``--calib-ranges``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgetvm.errors import InputError
+from edgetvm.pipeline.calibration_stats import (
+    DEFAULT_PERCENTILE,
+    CalibrationMethod,
+    CalibrationRanges,
+    CalibrationStats,
+    LayerHistogram,
+    LayerRange,
+    threshold,
+)
+from edgetvm.pipeline.ingest import ImportedModel
+from edgetvm.pipeline.schemes import QuantScheme
+from edgetvm.pipeline.tensor_spec import TensorSpec
+
+log = logging.getLogger(__name__)
+
+RANGES_FILE = "calibration.json"
+Progress = Callable[[str], None]
+
+
+class CalibrationData:
+    """Input dicts for calibration from ``path``: one ``.npz`` file, or a directory of them (sorted by name).
+
+    Each file holds one array per model input, named like the inputs (a lone ``arr_0`` is accepted for a model
+    with one input). An array of the input's shape is one sample; ``[N, *shape]``, or ``[N, ...]`` for an input
+    whose batch dimension is 1, holds N samples. Iterating yields one dict per sample, in order.
+
+    Raises (on ``check()`` or iteration)
+    ------
+    InputError
+        For a missing path, an empty directory, an unreadable file, wrong input names, shapes or dtypes, NaN or
+        Inf values, or no samples at all.
+    """
+
+    def __init__(self, path: str | Path, specs: list[TensorSpec]):
+        self.path = Path(path)
+        self.specs = specs
+        self.files = self._files()
+
+    def _files(self) -> list[Path]:
+        if self.path.is_dir():
+            files = sorted(p for p in self.path.iterdir() if p.suffix == ".npz" and p.is_file())
+            if not files:
+                raise InputError(f"calibration data {self.path}: the directory holds no .npz files")
+            return files
+        if not self.path.is_file():
+            raise InputError(f"calibration data {self.path}: no such file or directory")
+        return [self.path]
+
+    def check(self) -> int:
+        """Read and check every file; return the number of samples."""
+        count = sum(len(samples) for samples in map(self._read, self.files))
+        if count == 0:
+            raise InputError(f"calibration data {self.path}: the set is empty (0 samples); give at least one")
+        return count
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        count = 0
+        for path in self.files:
+            for sample in self._read(path):
+                count += 1
+                yield sample
+        if count == 0:
+            raise InputError(f"calibration data {self.path}: the set is empty (0 samples); give at least one")
+
+    def _read(self, path: Path) -> list[dict[str, np.ndarray]]:
+        arrays = _read_npz(path)
+        if len(self.specs) == 1 and list(arrays) == ["arr_0"]:
+            arrays = {self.specs[0].name: arrays["arr_0"]}
+        names = [spec.name for spec in self.specs]
+        if sorted(arrays) != sorted(names):
+            raise InputError(
+                f"calibration data {path}: holds arrays {sorted(arrays)}, the model's inputs are {names}; name "
+                "one array per input"
+            )
+        batches = {spec.name: _as_batch(path, spec, arrays[spec.name]) for spec in self.specs}
+        sizes = {name: len(batch) for name, batch in batches.items()}
+        if len(set(sizes.values())) > 1:
+            raise InputError(f"calibration data {path}: inputs hold different numbers of samples {sizes}")
+        count = next(iter(sizes.values()))
+        return [{name: np.ascontiguousarray(batch[i]) for name, batch in batches.items()} for i in range(count)]
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise InputError(f"calibration data {path}: not a readable .npz archive ({err})") from err
+
+
+def _as_batch(path: Path, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    """``array`` as ``[N, *spec.shape]``; InputError for a shape, dtype or value that does not fit."""
+    shape = tuple(array.shape)
+    if shape == spec.shape:
+        batch = array[None]
+    elif shape[1:] == spec.shape:
+        batch = array
+    elif spec.shape and spec.shape[0] == 1 and len(shape) == len(spec.shape) and shape[1:] == spec.shape[1:]:
+        batch = array[:, None]
+    else:
+        rest = list(spec.shape[1:]) if spec.shape and spec.shape[0] == 1 else list(spec.shape)
+        raise InputError(
+            f"calibration data {path}: input {spec.name!r} has shape {list(shape)}, expected {list(spec.shape)} "
+            f"or a batch [N, {', '.join(map(str, rest))}]"
+        )
+    if str(array.dtype) != spec.dtype:
+        raise InputError(f"calibration data {path}: input {spec.name!r} has dtype {array.dtype}, expected {spec.dtype}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(np.argmax(~np.isfinite(batch).reshape(len(batch), -1).all(axis=1)))
+        raise InputError(f"calibration data {path}: input {spec.name!r} holds NaN or Inf (sample {bad})")
+    return batch
+
+
+def collect(imported: ImportedModel, data: CalibrationData, progress: Progress | None = None) -> CalibrationStats:
+    """Run the float model on this host over ``data``; return the statistics of every layer's input."""
+    from tvm import relax
+
+    from edgetvm.pipeline.build import compile_module
+    from edgetvm.targets import resolve_target
+
+    keys, mod = _expose_layer_inputs(imported.mod)
+    samples = data.check()
+    if progress:
+        progress(f"calibrating {len(keys)} layers on {samples} samples")
+    host = resolve_target("x86")
+    executable = compile_module(_with_mod(imported, mod), host)
+    import tvm
+
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    stats = {key: LayerHistogram() for key in keys}
+    count = 0
+    for sample in data:
+        args = [tvm.runtime.tensor(sample[spec.name]) for spec in imported.inputs]
+        exposed = vm["main"](*args)[1]
+        for key, tensor in zip(keys, exposed, strict=True):
+            stats[key].update(tensor.numpy())
+        count += 1
+    return CalibrationStats(stats, count)
+
+
+def compute(
+    stats: CalibrationStats, method: CalibrationMethod, model_sha256: str, percentile: float | None = None
+) -> CalibrationRanges:
+    """Ranges of every layer input from ``stats`` by ``method`` (``percentile`` only for PERCENTILE)."""
+    if method is CalibrationMethod.PERCENTILE and percentile is None:
+        percentile = DEFAULT_PERCENTILE
+    if method is not CalibrationMethod.PERCENTILE:
+        percentile = None
+    if percentile is not None and not 0 < percentile <= 100:
+        raise InputError(f"--calib-percentile must be in (0, 100], got {percentile}")
+    layers = {
+        key: LayerRange(hist.min, hist.max, threshold(hist, method, percentile or DEFAULT_PERCENTILE))
+        for key, hist in stats.layers.items()
+    }
+    return CalibrationRanges(method, stats.samples, layers, model_sha256, percentile)
+
+
+def calibrate(
+    imported: ImportedModel,
+    data_path: str | Path,
+    method: CalibrationMethod,
+    percentile: float | None = None,
+    progress: Progress | None = None,
+) -> CalibrationRanges:
+    """``collect`` over the data at ``data_path``, then ``compute`` with ``method``."""
+    stats = collect(imported, CalibrationData(data_path, imported.inputs), progress)
+    ranges = compute(stats, method, imported.sha256, percentile)
+    log.info("calibrated %d layers of %s on %d samples (%s)", len(ranges.layers), imported.path, stats.samples, method)
+    return ranges
+
+
+def load_ranges(path: str | Path, imported: ImportedModel) -> CalibrationRanges:
+    """Ranges from an earlier ``calibration.json``, checked to belong to ``imported``'s model file.
+
+    Raises
+    ------
+    InputError
+        When the file cannot be read or was computed for another model.
+    """
+    ranges = CalibrationRanges.load(path)
+    if ranges.model_sha256 != imported.sha256:
+        raise InputError(
+            f"calibration ranges {path} were computed for another model (sha256 {ranges.model_sha256[:12]}, this "
+            f"one is {imported.sha256[:12]}); calibrate with --calib instead"
+        )
+    return ranges
+
+
+def _with_mod(imported: ImportedModel, mod) -> ImportedModel:
+    return dataclasses.replace(imported, mod=mod)
+
+
+def _expose_layer_inputs(mod) -> tuple[list[str], object]:
+    """The layer keys and ``mod`` whose ``main`` returns ``(original result, (input of each layer...))``.
+
+    Constants are folded first, as the quantization pipelines do before keying layers, so that a weight written
+    as ``permute_dims(constant)`` is a layer here too.
+    """
+    import tvm
+    from tvm import relax
+
+    from edgetvm.pipeline.passes.quant_layers import rewrite_layers
+
+    mod = relax.transform.ToNonDataflow()(relax.transform.FoldConstant()(mod))
+    func = mod["main"]
+    found: list[tuple[str, relax.Expr]] = []
+    rewrite_layers(func, lambda call, key: found.append((key, call.args[0])) or call)
+    if not found:
+        raise InputError("calibration: the model has no conv2d or matmul with constant weights to quantize")
+    body = func.body
+    exposed = relax.BlockBuilder().normalize(relax.Tuple([body.body, relax.Tuple([data for _, data in found])]))
+    new_func = relax.Function(func.params, relax.SeqExpr(body.blocks, exposed), exposed.ty, attrs=func.attrs)
+    updated = mod.clone()
+    updated["main"] = new_func
+    return [key for key, _ in found], relax.transform.Normalize()(tvm.ir.IRModule(dict(updated.functions_items())))
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """The calibration a static scheme is built with (``--calib``, ``--calib-method``, ``--calib-percentile``,
+    ``--calib-ranges``); every field None means none was asked for."""
+
+    data: str | Path | None = None
+    method: str | None = None
+    percentile: float | None = None
+    ranges: str | Path | None = None
+
+    @property
+    def given(self) -> list[str]:
+        flags = ("--calib", "--calib-method", "--calib-percentile", "--calib-ranges")
+        values = (self.data, self.method, self.percentile, self.ranges)
+        return [flag for flag, value in zip(flags, values, strict=True) if value is not None]
+
+
+def prepare_calibration(
+    imported: ImportedModel, scheme: QuantScheme, options: CalibrationOptions, progress: Progress | None = None
+) -> tuple[QuantScheme, CalibrationRanges | None]:
+    """The scheme as it will be built (its ``calibration`` the method actually used) and its ranges.
+
+    Static schemes calibrate on ``options.data`` or read ``options.ranges``; other schemes take no calibration
+    options and get None.
+
+    Raises
+    ------
+    InputError
+        For calibration options given to a scheme without static activations, missing or conflicting options,
+        and bad calibration data or ranges.
+    """
+    if scheme.activation_mode != "static":
+        if options.given:
+            raise InputError(
+                f"{', '.join(options.given)}: only static schemes (w8a8-static) are calibrated; {scheme.name} "
+                "takes no calibration"
+            )
+        return scheme, None
+    if options.data is not None and options.ranges is not None:
+        raise InputError("give either --calib (data to calibrate on) or --calib-ranges (ranges computed before)")
+    if options.ranges is not None:
+        if options.method is not None or options.percentile is not None:
+            raise InputError("--calib-method and --calib-percentile apply to --calib, not to --calib-ranges")
+        ranges = load_ranges(options.ranges, imported)
+        return dataclasses.replace(scheme, calibration=ranges.method.value), ranges
+    if options.data is None:
+        raise InputError(
+            f"quantization scheme {scheme.name!r} needs calibration data: --calib DATA.npz (or a directory of "
+            ".npz files, one array per model input), or --calib-ranges calibration.json from an earlier build"
+        )
+    method = CalibrationMethod.parse(options.method or scheme.calibration)
+    if options.percentile is not None and method is not CalibrationMethod.PERCENTILE:
+        raise InputError(f"--calib-percentile applies to --calib-method percentile, not {method.value}")
+    ranges = calibrate(imported, options.data, method, options.percentile, progress)
+    return dataclasses.replace(scheme, calibration=method.value), ranges
+
+
+def quantization_manifest(scheme: QuantScheme, ranges: CalibrationRanges | None) -> dict | str:
+    """``manifest.json``'s ``quantization``: the scheme's fields, and for static schemes where the ranges are."""
+    entry = scheme.manifest_entry()
+    if ranges is not None:
+        entry = {
+            **entry,
+            "calibration_ranges": RANGES_FILE,
+            "calibration_samples": ranges.samples,
+            "calibration_percentile": ranges.percentile,
+        }
+    return entry
+
+
+def ranges_files(ranges: CalibrationRanges | None) -> dict[str, str]:
+    """The files a build writes beside its library for ``ranges`` (``calibration.json``), by name."""
+    if ranges is None:
+        return {}
+    return {RANGES_FILE: json.dumps(ranges.to_json(), indent=2) + "\n"}
