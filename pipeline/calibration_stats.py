@@ -86,7 +86,7 @@ class LayerHistogram:
             self.counts = np.zeros(NUM_BINS, np.int64)
         elif top > self.bin_width * self.counts.size:
             self._grow(top)
-        index = np.minimum((flat / self.bin_width).astype(np.int64), self.counts.size - 1)
+        index = np.minimum((flat.astype(np.float64) / self.bin_width).astype(np.int64), self.counts.size - 1)
         self.counts += np.bincount(index, minlength=self.counts.size)
 
     def _grow(self, top: float) -> None:
@@ -236,6 +236,11 @@ class CalibrationRanges:
                 "calibrate this model again with --calib"
             )
         return self.layers[key].scale
+
+    def check_covers(self, keys: list[str]) -> None:
+        """InputError naming the first of ``keys`` without a range (a ``scale`` call would fail on it)."""
+        for key in keys:
+            self.scale(key)
 
     def to_json(self) -> dict:
         return {

@@ -99,10 +99,14 @@ def quantize(
         return imported
     import tvm
 
+    if calibration is not None:  # before the passes: TVM turns what a Python pass raises into a RuntimeError
+        from edgetvm.pipeline.passes.quant_layers import quant_layers
+
+        keys = [layer.key for layer in quant_layers(tvm.relax.transform.FoldConstant()(imported.mod))]
+        calibration.check_covers([key for key in keys if key not in keep_float])
+
     try:
         mod = tvm.transform.Sequential(passes, name=f"quantize-{scheme.name}")(imported.mod)
-    except InputError:
-        raise
     except Exception as err:  # TVM raises TVMError and friends from inside passes
         raise BuildError(f"quantizing {imported.path} with {scheme.name} failed: {last_line(err)}") from err
     log.info("quantized %s with %s", imported.path, scheme.name)
