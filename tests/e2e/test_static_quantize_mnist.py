@@ -137,3 +137,16 @@ def test_bad_calibration_options_exit_2(mnist, tmp_path, capsys, extra, message)
     assert main(["compile", str(mnist[0]), "-t", "x86", *extra, "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_bench_builds_the_static_scheme_with_calib(mnist, tmp_path, capsys):
+    model, calib = mnist
+    out = tmp_path / "bench"
+    argv = ["-q", "bench", str(model), "--schemes", "none,w8a8-static", "--repeat", "2", "--warmup", "0"]
+    assert main([*argv, "--settle-ms", "0", "--calib", str(calib), "--json", "-o", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (row,) = [r for r in report["results"] if r["variant"] == "w8a8-static"]
+    assert row["error"] is None and row["accuracy"]["top1_agreement"] == 1.0
+    assert (out / "builds" / "w8a8-static" / "calibration.json").is_file()
+    assert main([*argv, "-o", str(tmp_path / "nocalib")]) == 2
+    assert "needs calibration data" in capsys.readouterr().err
