@@ -12,7 +12,7 @@ from edgetvm.pipeline.schemes import QuantScheme
 log = logging.getLogger(__name__)
 
 
-def _w8a8_dynamic_pipeline() -> list:
+def _w8a8_dynamic_pipeline(keep_float: frozenset[str] = frozenset()) -> list:
     import tvm
 
     from edgetvm.pipeline.passes import DynamicQuantize
@@ -21,21 +21,26 @@ def _w8a8_dynamic_pipeline() -> list:
         # 1. Fold constant subgraphs (e.g. a transposed Gemm weight) so that weights reach conv2d/matmul as constants.
         tvm.relax.transform.FoldConstant(),
         # 2. conv2d / matmul with constant weights -> int8 x int8 -> int32, dequantized to float32.
-        DynamicQuantize(),
+        DynamicQuantize(keep_float=keep_float),
         # 3. Quantize the (now int8) weights once at build time: fold what depends only on constants.
         tvm.relax.transform.FoldConstant(),
     ]
 
 
-# One pass pipeline per scheme name; "none" has no passes. A new scheme adds its entry here.
+# One pass pipeline per scheme name, a factory taking keep_float (the layer keys to leave in float, see
+# passes/quant_layers.py); "none" has no passes. A new scheme adds its entry here.
 PIPELINES = {
-    "none": lambda: [],
+    "none": lambda keep_float=frozenset(): [],
     "w8a8-dynamic": _w8a8_dynamic_pipeline,
 }
 
 
-def quantize(imported: ImportedModel, scheme: QuantScheme) -> ImportedModel:
+def quantize(
+    imported: ImportedModel, scheme: QuantScheme, *, keep_float: frozenset[str] = frozenset()
+) -> ImportedModel:
     """Return ``imported`` with its module rewritten by ``scheme``'s pass pipeline.
+
+    ``keep_float``: keys of layers (``conv2d_0``, ``matmul_3``; see ``passes/quant_layers.py``) left in float.
 
     Raises
     ------
@@ -48,7 +53,7 @@ def quantize(imported: ImportedModel, scheme: QuantScheme) -> ImportedModel:
         raise InputError(
             f"quantization scheme {scheme.name!r} has no pass pipeline yet; implemented: {', '.join(PIPELINES)}"
         )
-    passes = PIPELINES[scheme.name]()
+    passes = PIPELINES[scheme.name](frozenset(keep_float))
     if not passes:
         return imported
     import tvm
