@@ -84,8 +84,6 @@ def search_keep_float(
     keep: tuple[str, ...] = ()
     steps: list[SearchStep] = []
     while True:
-        if progress is not None:
-            progress(f"mixed precision: measuring with {len(keep)} layer(s) in float")
         report = probe.evaluate(frozenset(keep))
         drop = report.accuracy_drop
         ranked = report.by_sensitivity()
@@ -94,7 +92,12 @@ def search_keep_float(
         steps.append(
             SearchStep(keep, drop, worst and worst.key, worst and finite_or_none(worst.sqnr_db), chosen),
         )
-        log.info("mixed precision: %d float layer(s), drop %.3f points", len(keep), drop)
+        message = (
+            f"mixed precision: {len(keep)} layer(s) in float, drop {drop:.3f} points (budget {max_accuracy_drop:g})"
+        )
+        log.info("%s", message)
+        if progress is not None:
+            progress(message + (f"; measuring with {chosen} in float too" if chosen else ""))
         if chosen is None:
             break
         keep = tuple(layer.key for layer in probe.layers if layer.key in {*keep, chosen})  # binding order
