@@ -39,36 +39,77 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     target = resolve_target(args.target)
     target.check_toolchain()
     budget = _budget(args)
-    if not budget.empty:
+    scheme = get_scheme(args.quantize)
+    # With --quantize, the accuracy budget drives mixed precision, measured on host builds for any target.
+    mixed = budget.max_accuracy_drop is not None and not scheme.is_float
+    if not budget.empty and not (mixed and budget.max_latency_ms is None and budget.max_regression is None):
         from edgetvm.pipeline.gates import require_host
 
         require_host(target)
-    scheme = get_scheme(args.quantize)
     shapes = parse_shape_option(args.input_shape)
     with _progress(args, f"importing {args.model}"):
         imported = load_model(args.model, shapes)
     with _progress(args, "calibrating") as progress:
         scheme, ranges = prepare_calibration(imported, scheme, _calibration_options(args), progress.update)
+    quantization, search, samples = quantization_manifest(scheme, ranges), None, None
+    if mixed:
+        search, samples = _search_mixed_precision(args, imported, scheme, budget.max_accuracy_drop, ranges)
+        quantization = {**quantization, "keep_float": list(search.keep_float), "mixed_precision": search.to_json()}
     if not scheme.is_float:
         with _progress(args, f"quantizing with {scheme.name}"):
-            imported = quantize(imported, scheme, calibration=ranges)
+            keep_float = frozenset(search.keep_float if search else ())
+            imported = quantize(imported, scheme, keep_float=keep_float, calibration=ranges)
     with _progress(args, f"compiling for {target.name}"):
-        package = build_package(
-            imported, target, args.output, quantization_manifest(scheme, ranges), ranges_files(ranges)
-        )
+        package = build_package(imported, target, args.output, quantization, ranges_files(ranges))
     print(f"wrote {package.directory} ({target.name}, {package.manifest['library']['machine']})")
     schedules = package.manifest["schedules"]
     rules = ", ".join(f"{rule} {count}" for rule, count in schedules["rules"].items() if rule != "naive")
     naive = ", ".join(schedules["naive"]) or "none"
     print(f"default schedules: {rules}; naive (TVM's untouched loops): {naive}")
     if not budget.empty:
-        from edgetvm.pipeline.gates import measure_host_build
-        from edgetvm.pipeline.inputs import load_inputs
-
         with _progress(args, "measuring the build against its budgets"):
-            measurement = measure_host_build(package, load_inputs(args.inputs, package.inputs, args.seed))
+            measurement = _compile_measurement(args, package, scheme, search, samples)
         _enforce(args, budget, [measurement])
     return 0
+
+
+def _search_mixed_precision(args: argparse.Namespace, imported, scheme, max_drop: float, ranges):
+    """Mixed precision: the layers to keep in float for ``--max-accuracy-drop`` (BudgetError if none can)."""
+    import functools
+
+    from edgetvm.pipeline.layer_accuracy import LayerProbe, load_samples
+    from edgetvm.pipeline.mixed_precision import search_keep_float
+    from edgetvm.pipeline.quantize import quantize
+
+    samples = load_samples(args.inputs, imported.inputs, args.seed, args.samples)
+    with _progress(args, "mixed precision: building the float model for this host") as progress:
+        search = search_keep_float(
+            LayerProbe(imported, scheme, samples, quantizer=functools.partial(quantize, calibration=ranges)),
+            max_drop,
+            progress.update,
+        )
+    kept = ", ".join(search.keep_float) or "none"
+    print(
+        f"mixed precision: {len(search.keep_float)} of {len(search.report.layers)} layers kept in float ({kept}): "
+        f"accuracy drop {search.accuracy_drop:.3f} points (budget {max_drop:g}, float build "
+        f"{search.float_accuracy_drop:.3f}; {len(samples)} sample(s), measured on this host)"
+    )
+    return search, samples
+
+
+def _compile_measurement(args: argparse.Namespace, package, scheme, search, samples):
+    """What compile's gates check: the artifact run here, or after mixed precision the search's last build (the
+    same quantized module built for this host) plus, for host builds with latency budgets, the artifact's timing."""
+    from edgetvm.pipeline.gates import Measurement, measure_host_build
+    from edgetvm.pipeline.inputs import load_inputs
+
+    if search is None:
+        return measure_host_build(package, load_inputs(args.inputs, package.inputs, args.seed))
+    latency = None
+    if args.max_latency_ms is not None or args.max_regression is not None:
+        latency = measure_host_build(package, samples[0]).latency_ms
+    accuracy = [o.to_json() for o in search.report.outputs]
+    return Measurement(f"compile {package.directory.name}", f"edgetvm:{scheme.name}", latency, accuracy)
 
 
 def _cmd_schemes(args: argparse.Namespace) -> int:
@@ -98,13 +139,46 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from edgetvm.pipeline.package import Package
 
     package = Package.load(args.artifact)
+    if args.per_layer or args.plot:
+        return _compare_per_layer(args, package)
     inputs = load_inputs(args.inputs, package.inputs, seed=args.seed)
     result = compare_package(package, inputs, args.reference)
     for out in result.outputs:
-        top1 = "n/a" if out.top1_agreement is None else f"{out.top1_agreement:.1%}"
-        print(f"{out.name}: max abs err {out.max_abs_error:.3g}, cosine {out.cosine:.6f}, top-1 agreement {top1}")
+        print(_agreement_line(out))
     if args.json:
         _atomic_write(Path(args.json), json.dumps(result.to_json(), indent=2) + "\n")
+    return 0
+
+
+def _agreement_line(out) -> str:
+    top1 = "n/a" if out.top1_agreement is None else f"{out.top1_agreement:.1%}"
+    return f"{out.name}: max abs err {out.max_abs_error:.3g}, cosine {out.cosine:.6f}, top-1 agreement {top1}"
+
+
+def _compare_per_layer(args: argparse.Namespace, package) -> int:
+    from edgetvm.pipeline.layer_accuracy import layer_report_for_package, load_samples, write_sqnr_chart
+
+    samples = load_samples(args.inputs, package.inputs, args.seed, args.samples)
+    with _progress(args, "per-layer accuracy: building the float and the quantized model for this host"):
+        report = layer_report_for_package(package, samples, args.reference)
+    kept = f", kept in float: {', '.join(report.keep_float)}" if report.keep_float else ""
+    print(f"{report.scheme}, {report.samples} sample(s), against {report.reference_runtime}{kept}")
+    for out in report.outputs:
+        print(_agreement_line(out))
+    print(f"accuracy drop {report.accuracy_drop:.3f} points (float build {report.float_accuracy_drop:.3f})")
+    print("layer         weight            SQNR dB   input dB   added noise")
+    for layer in report.layers:
+        shape = "x".join(str(d) for d in layer.weight_shape)
+        mark = "  (float)" if layer.kept_float else ""
+        print(
+            f"{layer.key:<13} {shape:<17} {layer.sqnr_db:>7.2f}   {layer.input_sqnr_db:>8.2f}   "
+            f"{layer.added_noise:>11.2e}{mark}"
+        )
+    if args.json:
+        _atomic_write(Path(args.json), json.dumps(report.to_json(), indent=2) + "\n")
+    if args.plot:
+        write_sqnr_chart(report, args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -237,6 +311,16 @@ def _calibration_options(args: argparse.Namespace):
     return CalibrationOptions(args.calib, args.calib_method, args.calib_percentile, args.calib_ranges)
 
 
+def _add_samples_option(parser, what: str) -> None:
+    parser.add_argument(
+        "--samples",
+        type=int,
+        metavar="N",
+        help=f"{what} on N input samples: random ones (--seed, --seed+1, ...; default 1), or the first N of "
+        "--inputs, which may stack samples on a leading axis (default: all of them)",
+    )
+
+
 def _budget(args: argparse.Namespace):
     from edgetvm.pipeline.gates import Budget, parse_regression
 
@@ -271,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibration_options(p)
     _add_inputs_options(p)  # what the budgets measure with (x86 builds: run here)
     _add_gate_options(p)
+    _add_samples_option(p, "--max-accuracy-drop with --quantize keeps layers in float until the drop, measured")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("schemes", help="list quantization schemes")
@@ -287,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inputs_options(p)
     p.add_argument("--reference", help="model to compare against (default: the one in the manifest)")
     p.add_argument("--json", help="write the metrics to this JSON file")
+    group = p.add_argument_group("per-layer accuracy of a quantized artifact (rebuilt for this host)")
+    group.add_argument(
+        "--per-layer", action="store_true", help="SQNR of every quantized layer's output against float, worst first"
+    )
+    group.add_argument("--plot", metavar="F.png", help="with --per-layer: a bar chart of the per-layer SQNR")
+    _add_samples_option(group, "measure")
     p.set_defaults(func=_cmd_compare)
 
     _add_deploy_commands(sub)
