@@ -126,6 +126,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         settle_ms=args.settle_ms,
         inputs=args.inputs,
         seed=args.seed,
+        db=args.db,
     )
     with _progress(args, f"benchmarking {args.model}") as progress:
         report = run_bench(args.model, args.output, options, progress.update)
@@ -336,6 +337,7 @@ def _add_bench_command(sub) -> None:
         "have stopped (default 200)",
     )
     _add_inputs_options(p)
+    p.add_argument("--db", metavar="DIR", help="also bench each scheme built with this tuning database (+tuned)")
     p.add_argument("--output", "-o", required=True, help="directory for bench.json, bench.md, bench.png, builds")
     _add_gate_options(p)
     p.add_argument("--json", action="store_true", help="print bench.json instead of the table")

@@ -54,6 +54,7 @@ class BenchOptions:
     settle_ms: float = 200.0
     inputs: str | None = None
     seed: int = 0
+    db: str | None = None  # a tuning database: each scheme also runs built with its records
 
     def __post_init__(self) -> None:
         if self.repeat < 1:
@@ -295,7 +296,7 @@ def run_bench(
     with staging_directory(out_dir, REPORT, _KIND) as staging:
         variants = baseline_variants(imported.path, imported.format, threads, [inputs], staging / "baselines", progress)
         _reference(variants)  # before spending minutes on builds
-        variants += edgetvm_variants(imported, target, schemes, staging / "builds", progress)
+        variants += edgetvm_variants(imported, target, schemes, staging / "builds", progress, options.db)
         rows, tvm_threads = _measure_in_new_pool(variants, inputs, imported, threads, options, progress)
         report = _report(imported, target, options, rows, threads, tvm_threads, progress)
         report.save(staging)

@@ -70,9 +70,11 @@ def edgetvm_variants(
     schemes: list[QuantScheme],
     builds_dir: Path,
     progress: Progress | None = None,
+    db: str | Path | None = None,
 ) -> list[Variant]:
     """One variant per scheme: quantize, ``build_package`` into ``builds_dir/SCHEME``, load with ``LocalRunner``.
 
+    With ``db`` (a tuning database), each scheme also gets a ``SCHEME+tuned`` variant built with its records.
     A scheme whose build fails in TVM (``BuildError``) becomes an error row; bad input still raises.
     """
     from edgetvm.pipeline.build import build_package
@@ -80,16 +82,18 @@ def edgetvm_variants(
     from edgetvm.pipeline.run_local import LocalRunner
 
     variants = []
-    for scheme in schemes:
+    builds = [(scheme, tuned) for scheme in schemes for tuned in ([None, db] if db is not None else [None])]
+    for scheme, tuned in builds:
+        name = scheme.name + ("+tuned" if tuned is not None else "")
         if progress:
-            progress(f"building {imported.path.name} with edgetvm ({scheme.name}) for {target.name}")
-        directory = builds_dir / scheme.name
+            progress(f"building {imported.path.name} with edgetvm ({name}) for {target.name}")
+        directory = builds_dir / name
         try:
             module = imported if scheme.is_float else quantize(imported, scheme)
-            package = build_package(module, target, directory, scheme.manifest_entry())
+            package = build_package(module, target, directory, scheme.manifest_entry(), db=tuned)
         except BuildError as err:
-            log.warning("edgetvm %s: %s", scheme.name, err)
-            variants.append(Variant("edgetvm", scheme.name, error=str(err)))
+            log.warning("edgetvm %s: %s", name, err)
+            variants.append(Variant("edgetvm", name, error=str(err)))
             continue
         runner = LocalRunner(package)
         names = [spec.name for spec in package.outputs]
@@ -99,7 +103,7 @@ def edgetvm_variants(
             return [outputs[name] for name in names]
 
         details = {"artifact": str(directory.relative_to(builds_dir.parent)), "library_sha256": package.library_sha256}
-        variants.append(Variant("edgetvm", scheme.name, run, details))
+        variants.append(Variant("edgetvm", name, run, details))
     return variants
 
 

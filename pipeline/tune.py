@@ -43,7 +43,7 @@ class TuneOptions:
 
     trials: int
     db: Path
-    trials_per_iter: int = 32
+    trials_per_iter: int = 16
     population: int = 64  # evolutionary search's population per task; MetaSchedule's 512 takes minutes per task
     seed: int | None = 0
 
