@@ -26,7 +26,7 @@ def compile_module(
     """Run the Relax pipeline (NHWC layout, default schedules) and code generation; returns the executable.
 
     ``report`` (a ``ScheduleReport``) is filled with the schedule each fused function got. With ``tuned`` (a
-    ``TunedReport`` naming a tuning database directory), functions with a record there get the best recorded
+    ``TunedReport`` naming one target's tuning database directory), functions with a record there get the best recorded
     schedule, and the report says which did and which kept the defaults.
 
     Raises
@@ -42,9 +42,9 @@ def compile_module(
     tuned_pass = None
     if tuned is not None:
         from edgetvm.kernels_schedules.apply_tuned_schedules import ApplyTunedSchedules
-        from edgetvm.pipeline.tune import open_database
+        from edgetvm.pipeline.tune import json_database
 
-        tuned_pass = ApplyTunedSchedules(tvm_target, open_database(tuned.db, target, create=False), tuned)
+        tuned_pass = ApplyTunedSchedules(tvm_target, json_database(tuned.db), tuned)
     try:
         pipeline = relax_pipeline(tvm_target, report, tuned=tuned_pass)
         return tvm.compile(imported.mod, target=tvm_target, relax_pipeline=pipeline)
@@ -81,8 +81,9 @@ def build_package(
     report = ScheduleReport()
     tuned = None
     if db is not None:
-        from edgetvm.pipeline.tune import target_db_dir
+        from edgetvm.pipeline.tune import open_database, target_db_dir
 
+        open_database(db, target, create=False)  # an InputError now when it has no records for the target
         tuned = TunedReport(str(target_db_dir(db, target).resolve()))
     executable = compile_module(imported, target, report, tuned)
     out_dir = Path(out_dir)

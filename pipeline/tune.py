@@ -158,8 +158,6 @@ def target_db_dir(db: str | Path, target: TargetPreset) -> Path:
 
 def open_database(db: str | Path, target: TargetPreset, create: bool):
     """MetaSchedule's JSON database of ``target`` in ``db``."""
-    from tvm.s_tir import meta_schedule as ms
-
     directory = target_db_dir(db, target)
     if not create and not (directory / "database_tuning_record.json").is_file():
         raise InputError(
@@ -167,6 +165,13 @@ def open_database(db: str | Path, target: TargetPreset, create: bool):
             "with this target first"
         )
     directory.mkdir(parents=True, exist_ok=True)
+    return json_database(directory)
+
+
+def json_database(directory: str | Path):
+    """MetaSchedule's JSON database in ``directory`` (one target's, see :func:`target_db_dir`)."""
+    from tvm.s_tir import meta_schedule as ms
+
     return ms.database.JSONDatabase(work_dir=str(directory), module_equality="structural")
 
 
