@@ -60,8 +60,15 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             keep_float = frozenset(search.keep_float if search else ())
             imported = quantize(imported, scheme, keep_float=keep_float, calibration=ranges)
     with _progress(args, f"compiling for {target.name}"):
-        package = build_package(imported, target, args.output, quantization, ranges_files(ranges))
+        package = build_package(imported, target, args.output, quantization, ranges_files(ranges), db=args.db)
     print(f"wrote {package.directory} ({target.name}, {package.manifest['library']['machine']})")
+    if package.manifest.get("tuning"):
+        tuning = package.manifest["tuning"]
+        untuned = len(tuning["tasks_untuned"])
+        print(
+            f"tuning database {tuning['db']}: {tuning['records_used']} functions tuned, {untuned} with no record "
+            "(default schedules)"
+        )
     schedules = package.manifest["schedules"]
     rules = ", ".join(f"{rule} {count}" for rule, count in schedules["rules"].items() if rule != "naive")
     naive = ", ".join(schedules["naive"]) or "none"
@@ -199,6 +206,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         inputs=args.inputs,
         seed=args.seed,
         calibration=_calibration_options(args),
+        db=args.db,
     )
     with _progress(args, f"benchmarking {args.model}") as progress:
         report = run_bench(args.model, args.output, options, progress.update)
@@ -353,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="artifact directory to write")
     p.add_argument("--quantize", default="none", metavar="SCHEME", help="quantization scheme (default none)")
     _add_calibration_options(p)
+    p.add_argument("--db", metavar="DIR", help="apply the records of this tuning database (edgetvm tune --db)")
     _add_inputs_options(p)  # what the budgets measure with (x86 builds: run here)
     _add_gate_options(p)
     _add_samples_option(p, "--max-accuracy-drop with --quantize keeps layers in float until the drop, measured")
@@ -382,7 +391,60 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_deploy_commands(sub)
     _add_bench_command(sub)
+    _add_tune_command(sub)
     return parser
+
+
+def _add_tune_command(sub) -> None:
+    p = sub.add_parser("tune", help="search faster schedules with MetaSchedule, seeded with the default ones")
+    _add_model_options(p)
+    p.add_argument("--target", "-t", required=True, help="preset name, inline JSON or JSON file")
+    p.add_argument("--quantize", default="none", metavar="SCHEME", help="quantization scheme (default none)")
+    _add_calibration_options(p)
+    p.add_argument("--trials", type=int, required=True, help="measured candidates in this run, all tasks together")
+    p.add_argument("--db", required=True, metavar="DIR", help="tuning database directory (created, or continued)")
+    p.add_argument("--board", help="board to measure on (ARM targets; default: the first for the target)")
+    p.add_argument("--boards", help="boards.toml (default: $EDGETVM_BOARDS or ~/.config/edgetvm/boards.toml)")
+    p.add_argument("--trust-new-host", action="store_true", help="accept and record an unknown SSH host key")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on any board of a TVM RPC tracker's key")
+    p.add_argument("--rpc-key", help="the tracker key of the boards to use, e.g. rpi4")
+    p.set_defaults(func=_cmd_tune)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from edgetvm.pipeline.calibrate import prepare_calibration
+    from edgetvm.pipeline.ingest import load_model
+    from edgetvm.pipeline.quantize import quantize
+    from edgetvm.pipeline.schemes import get_scheme
+    from edgetvm.pipeline.tensor_spec import parse_shape_option
+    from edgetvm.pipeline.tune import TuneOptions, local_measurer, tune_model
+    from edgetvm.targets import resolve_target
+
+    target = resolve_target(args.target)
+    target.check_toolchain()
+    options = TuneOptions(args.trials, Path(args.db))
+    scheme = get_scheme(args.quantize)
+    with _progress(args, f"importing {args.model}"):
+        imported = load_model(args.model, parse_shape_option(args.input_shape))
+    with _progress(args, "calibrating") as progress:
+        scheme, ranges = prepare_calibration(imported, scheme, _calibration_options(args), progress.update)
+    if not scheme.is_float:  # the quantized model's int8 and packed kernels are the ones compile builds
+        with _progress(args, f"quantizing with {scheme.name}"):
+            imported = quantize(imported, scheme, calibration=ranges)
+    with _progress(args, f"tuning for {target.name}") as progress:
+        if target.is_host and not (args.board or args.rpc_tracker):
+            session = nullcontext(local_measurer(target))
+        else:
+            from edgetvm.deploy.tuning_session import BoardTuningOptions, board_measurer
+
+            board = BoardTuningOptions(args.board, args.boards, args.trust_new_host, args.rpc_tracker, args.rpc_key)
+            session = board_measurer(target, board, progress.update)
+        with session as measurer:
+            report = tune_model(imported, target, options, measurer, progress.update)
+    print(report.summary())
+    return 0
 
 
 def _add_bench_command(sub) -> None:
@@ -402,6 +464,7 @@ def _add_bench_command(sub) -> None:
         "have stopped (default 200)",
     )
     _add_inputs_options(p)
+    p.add_argument("--db", metavar="DIR", help="also bench each scheme built with this tuning database (+tuned)")
     p.add_argument("--output", "-o", required=True, help="directory for bench.json, bench.md, bench.png, builds")
     _add_gate_options(p)
     p.add_argument("--json", action="store_true", help="print bench.json instead of the table")

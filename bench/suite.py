@@ -33,15 +33,36 @@ def _say(message: str) -> None:
 def bench_model(name: str, args: argparse.Namespace) -> BenchReport:
     """Run the bench on one registry model into ``RESULTS/name``."""
     model = BUNDLED[name]
+    shapes = parse_shape_option(list(model.input_shapes))
+    db = None
+    if args.tune_trials:  # tune the float model first (continuing earlier runs), then bench with +tuned rows
+        db = args.results / "tuning-db" / name
+        _say(f"{name}: tuning, {args.tune_trials} trials into {db}")
+        report = tune(name, model.path(), shapes, args.tune_trials, db)
+        _say(f"{name}: " + report.summary().replace("\n", f"\nbench: {name}: "))
     options = BenchOptions(
-        input_shapes=parse_shape_option(list(model.input_shapes)),
+        input_shapes=shapes,
         schemes=tuple(args.schemes.split(",")),
         threads=args.threads,
         repeat=args.repeat,
         warmup=args.warmup,
         settle_ms=args.settle_ms,
+        db=str(db) if db else None,
     )
     return run_bench(model.path(), args.results / name, options, lambda message: _say(f"{name}: {message}"))
+
+
+def tune(name: str, path: Path, shapes, trials: int, db: Path):
+    """``edgetvm tune`` of the float model on this host into ``db``."""
+    from edgetvm.pipeline.ingest import load_model
+    from edgetvm.pipeline.tune import TuneOptions, local_measurer, tune_model
+
+    target = resolve_target("x86")
+
+    def progress(message: str) -> None:
+        _say(f"{name}: {message}")
+
+    return tune_model(load_model(path, shapes), target, TuneOptions(trials, db), local_measurer(target), progress)
 
 
 def summary(reports: dict[str, BenchReport], notes: list[str]) -> str:
@@ -65,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle-ms", type=float, default=200.0, help="untimed runs before each timed one (200)")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"output folder (default {RESULTS})")
     parser.add_argument("--no-kernels", action="store_true", help="skip the per-operator table (bench/kernels.py)")
+    parser.add_argument("--tune-trials", type=int, default=0, help="tune each model first (N trials), add +tuned rows")
     args = parser.parse_args(argv)
     reports: dict[str, BenchReport] = {}
     notes: list[str] = []

@@ -41,7 +41,7 @@ class ScheduleReport:
         }
 
 
-def _is_scheduled(func: tirx.PrimFunc) -> bool:
+def is_scheduled(func: tirx.PrimFunc) -> bool:
     return "tirx.is_scheduled" in func.attrs and bool(func.attrs["tirx.is_scheduled"])
 
 
@@ -63,7 +63,7 @@ class ApplyCPUSchedules:
             if not isinstance(func, tirx.PrimFunc):
                 continue
             name = gvar.name_hint
-            if _is_scheduled(func):  # scheduled before this pass (a tuning database, a hand-written kernel)
+            if is_scheduled(func):  # scheduled before this pass (a tuning database, a hand-written kernel)
                 self.report.functions.setdefault(name, "prescheduled")
                 continue
             try:

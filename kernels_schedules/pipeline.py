@@ -25,10 +25,12 @@ def layout_passes(target: tvm.target.Target) -> list:
     ]
 
 
-def relax_pipeline(target: tvm.target.Target, report: ScheduleReport | None = None, schedules: bool = True):
+def relax_pipeline(target: tvm.target.Target, report: ScheduleReport | None = None, schedules: bool = True, tuned=None):
     """A module pass for ``tvm.compile(..., relax_pipeline=...)``.
 
     ``schedules=False`` gives TVM's own CPU pipeline (naive loops), kept for comparisons and as an escape hatch.
+    ``tuned`` (an ``ApplyTunedSchedules`` pass) schedules the functions a tuning database has records for
+    first; the default schedules take the rest.
     """
 
     @tvm.transform.module_pass(opt_level=0, name="EdgeTVMPipeline")
@@ -38,6 +40,8 @@ def relax_pipeline(target: tvm.target.Target, report: ScheduleReport | None = No
             if schedules:
                 passes += layout_passes(target)
             passes += cpu_generic.legalize_passes(target)
+            if tuned is not None:
+                passes.append(tuned)
             if schedules:
                 passes.append(ApplyCPUSchedules(target, report))
             passes += cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)

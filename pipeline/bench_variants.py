@@ -71,11 +71,13 @@ def edgetvm_variants(
     builds_dir: Path,
     progress: Progress | None = None,
     calibration=None,
+    db: str | Path | None = None,
 ) -> list[Variant]:
     """One variant per scheme: quantize, ``build_package`` into ``builds_dir/SCHEME``, load with ``LocalRunner``.
 
-    Static schemes are calibrated with ``calibration`` (a ``CalibrationOptions``). A scheme whose build fails in
-    TVM (``BuildError``) becomes an error row; bad input (calibration data included) still raises.
+    Static schemes are calibrated with ``calibration`` (a ``CalibrationOptions``), once per scheme. With ``db`` (a
+    tuning database), each scheme also gets a ``SCHEME+tuned`` variant built with its records. A scheme whose build
+    fails in TVM (``BuildError``) becomes an error row; bad input (calibration data included) still raises.
     """
     from edgetvm.pipeline.build import build_package
     from edgetvm.pipeline.calibrate import CalibrationOptions, prepare_calibration, quantization_manifest, ranges_files
@@ -83,20 +85,26 @@ def edgetvm_variants(
     from edgetvm.pipeline.run_local import LocalRunner
 
     variants = []
-    for scheme in schemes:
+    calibrated: dict[str, tuple] = {}  # scheme name -> (scheme as calibrated, ranges): once per scheme
+    builds = [(scheme, tuned) for scheme in schemes for tuned in ([None, db] if db is not None else [None])]
+    for scheme, tuned in builds:
+        name = scheme.name + ("+tuned" if tuned is not None else "")
         if progress:
-            progress(f"building {imported.path.name} with edgetvm ({scheme.name}) for {target.name}")
-        directory = builds_dir / scheme.name
-        ranges = None
-        if scheme.activation_mode == "static":
-            scheme, ranges = prepare_calibration(imported, scheme, calibration or CalibrationOptions(), progress)
+            progress(f"building {imported.path.name} with edgetvm ({name}) for {target.name}")
+        directory = builds_dir / name
+        if scheme.name not in calibrated:
+            calibrated[scheme.name] = (scheme, None)
+            if scheme.activation_mode == "static":
+                options = calibration or CalibrationOptions()
+                calibrated[scheme.name] = prepare_calibration(imported, scheme, options, progress)
+        scheme, ranges = calibrated[scheme.name]
         try:
             module = imported if scheme.is_float else quantize(imported, scheme, calibration=ranges)
             quantization = quantization_manifest(scheme, ranges)
-            package = build_package(module, target, directory, quantization, ranges_files(ranges))
+            package = build_package(module, target, directory, quantization, ranges_files(ranges), db=tuned)
         except BuildError as err:
-            log.warning("edgetvm %s: %s", scheme.name, err)
-            variants.append(Variant("edgetvm", scheme.name, error=str(err)))
+            log.warning("edgetvm %s: %s", name, err)
+            variants.append(Variant("edgetvm", name, error=str(err)))
             continue
         runner = LocalRunner(package)
         names = [spec.name for spec in package.outputs]
@@ -106,7 +114,7 @@ def edgetvm_variants(
             return [outputs[name] for name in names]
 
         details = {"artifact": str(directory.relative_to(builds_dir.parent)), "library_sha256": package.library_sha256}
-        variants.append(Variant("edgetvm", scheme.name, run, details))
+        variants.append(Variant("edgetvm", name, run, details))
     return variants
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from edgetvm import __version__
 from edgetvm.errors import BuildError, last_line
 from edgetvm.kernels_schedules.apply_schedules import ScheduleReport
+from edgetvm.kernels_schedules.apply_tuned_schedules import TunedReport
 from edgetvm.pipeline.ingest import ImportedModel, file_sha256
 from edgetvm.pipeline.package import FORMAT_VERSION, LIBRARY, Package, elf_machine, staging_directory, write_manifest
 from edgetvm.targets import TargetPreset
@@ -16,10 +17,17 @@ from edgetvm.targets import TargetPreset
 log = logging.getLogger(__name__)
 
 
-def compile_module(imported: ImportedModel, target: TargetPreset, report: ScheduleReport | None = None):
+def compile_module(
+    imported: ImportedModel,
+    target: TargetPreset,
+    report: ScheduleReport | None = None,
+    tuned: TunedReport | None = None,
+):
     """Run the Relax pipeline (NHWC layout, default schedules) and code generation; returns the executable.
 
-    ``report`` (a ``ScheduleReport``) is filled with the schedule each fused function got.
+    ``report`` (a ``ScheduleReport``) is filled with the schedule each fused function got. With ``tuned`` (a
+    ``TunedReport`` naming one target's tuning database directory), functions with a record there get the best recorded
+    schedule, and the report says which did and which kept the defaults.
 
     Raises
     ------
@@ -31,8 +39,15 @@ def compile_module(imported: ImportedModel, target: TargetPreset, report: Schedu
     from edgetvm.kernels_schedules.pipeline import relax_pipeline
 
     tvm_target = target.tvm_target()
+    tuned_pass = None
+    if tuned is not None:
+        from edgetvm.kernels_schedules.apply_tuned_schedules import ApplyTunedSchedules
+        from edgetvm.pipeline.tune import json_database
+
+        tuned_pass = ApplyTunedSchedules(tvm_target, json_database(tuned.db), tuned)
     try:
-        return tvm.compile(imported.mod, target=tvm_target, relax_pipeline=relax_pipeline(tvm_target, report))
+        pipeline = relax_pipeline(tvm_target, report, tuned=tuned_pass)
+        return tvm.compile(imported.mod, target=tvm_target, relax_pipeline=pipeline)
     except Exception as err:  # TVM raises TVMError and friends from deep inside its passes
         raise BuildError(f"compiling {imported.path} for {target.name} failed in TVM: {last_line(err)}") from err
 
@@ -55,16 +70,24 @@ def build_package(
     out_dir: str | Path,
     quantization: dict | str = "none",
     extra_files: dict[str, str] | None = None,
+    db: str | Path | None = None,
 ) -> Package:
     """Compile ``imported`` for ``target`` into ``out_dir`` (``model.so`` + ``manifest.json``), atomically.
 
     ``extra_files`` (name -> text) are written beside them, e.g. the calibration ranges of a static scheme.
+    ``db``: a tuning database directory (``edgetvm tune --db``) whose records schedule the functions they cover.
     """
     import tvm
 
     target.check_toolchain()
     report = ScheduleReport()
-    executable = compile_module(imported, target, report)
+    tuned = None
+    if db is not None:
+        from edgetvm.pipeline.tune import open_database, target_db_dir
+
+        open_database(db, target, create=False)  # an InputError now when it has no records for the target
+        tuned = TunedReport(str(target_db_dir(db, target).resolve()))
+    executable = compile_module(imported, target, report, tuned)
     out_dir = Path(out_dir)
     with staging_directory(out_dir) as staging:
         library = staging / LIBRARY
@@ -88,6 +111,7 @@ def build_package(
             "outputs": [spec.to_json() for spec in imported.outputs],
             "quantization": quantization,
             "schedules": report.to_json(),
+            "tuning": tuned.to_json() if tuned is not None else None,
             "library": {"file": LIBRARY, "sha256": file_sha256(library), "machine": machine},
         }
         for name, text in (extra_files or {}).items():

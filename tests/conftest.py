@@ -103,3 +103,32 @@ def artifacts(tmp_path_factory, blazeface_path, ppocr_cls_path, ops_zoo_path):
         return built[model, target]
 
     return get
+
+
+def _one_conv(path: Path) -> Path:
+    """A 3x3 conv + ReLU on a 16x16 image: the smallest model with a reduction to tune."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) / 5, "w")
+    b = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b")
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "one_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [w, b],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def one_conv_path(tmp_path_factory) -> Path:
+    return _one_conv(tmp_path_factory.mktemp("models") / "one_conv.onnx")

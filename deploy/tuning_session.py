@@ -1,0 +1,125 @@
+"""Measure tuning candidates on a board: MetaSchedule's RPC runner over the deploy session's SSH tunnel.
+
+Candidates are cross-compiled here (``pipeline.tune.local_builder``) and timed on the board by TVM's own
+``RPCRunner``: either through the same SSH-tunnelled RPC server as ``edgetvm deploy`` (one board), or on any
+board a TVM RPC tracker holds under a key (a board farm: one runner worker per free board, in parallel).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from edgetvm.deploy.boards import BoardConfig, boards_file, load_boards, select_board
+from edgetvm.deploy.bootstrap import ensure_runtime
+from edgetvm.deploy.rpc_session import RPCServer
+from edgetvm.deploy.ssh import SSHConnection
+from edgetvm.errors import BoardError, InputError, last_line
+from edgetvm.pipeline.tune import Measurer, local_builder
+from edgetvm.targets import TargetPreset, resolve_target
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+SESSION_TIMEOUT_S = 120  # one candidate: connect, upload, load, time (slow under qemu-user)
+
+
+@dataclass(frozen=True)
+class BoardTuningOptions:
+    """Where ``edgetvm tune`` measures an ARM target: a board by name (or the emulated one), or a tracker key."""
+
+    board: str | None = None
+    boards_file: str | None = None
+    trust_new_host: bool = False
+    rpc_tracker: str | None = None
+    rpc_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if bool(self.rpc_tracker) != bool(self.rpc_key):
+            raise InputError(
+                "--rpc-tracker and --rpc-key go together (e.g. --rpc-tracker 10.0.0.5:9190 --rpc-key rpi4)"
+            )
+        if self.rpc_tracker and self.board:
+            raise InputError("--rpc-tracker takes any board of its key: drop --board")
+
+
+def _evaluator():
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40, enable_cpu_cache_flush=False)
+
+
+def _connect_forwarded(host: str, port: int, rpc_config):
+    """``f_create_session`` for a server reached through a port forward (no tracker in between)."""
+    from tvm import rpc
+
+    return rpc.connect(host, port, session_timeout=rpc_config.session_timeout_sec)
+
+
+def _remove_upload(session, remote_path: str | None) -> None:
+    """``f_cleanup``: remove the uploaded candidate only (the default also removes the server's directory)."""
+    if session is not None and remote_path is not None:
+        session.remove(remote_path)
+
+
+def _board_for(target: TargetPreset, options: BoardTuningOptions, progress: Progress | None) -> BoardConfig:
+    boards = load_boards(boards_file(options.boards_file), must_exist=bool(options.boards_file))
+    board = select_board(options.board, target.name, boards)
+    if board is not None:
+        if resolve_target(board.target).arch != target.arch:
+            raise InputError(f"board {board.name!r} is a {board.target}, not a {target.arch} board for {target.name}")
+        return board
+    if target.arch != "aarch64" or not target.emulated_board:
+        raise InputError(
+            f"no board for {target.name} is configured in {boards_file(options.boards_file)} and the emulated "
+            "board runs aarch64 (rpi4, rpi5) only"
+        )
+    from edgetvm.deploy.emulated_board import EmulatedBoard
+
+    return EmulatedBoard().up(progress).board_config(target.name)
+
+
+@contextmanager
+def board_measurer(
+    target: TargetPreset, options: BoardTuningOptions, progress: Progress | None = None
+) -> Iterator[Measurer]:
+    """A ``Measurer`` whose runner times candidates on a board; the board session closes on exit."""
+    from tvm.s_tir import meta_schedule as ms
+
+    workers = max(1, os.cpu_count() or 1)
+    if options.rpc_tracker:
+        host, sep, port = options.rpc_tracker.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise InputError(f"--rpc-tracker {options.rpc_tracker!r}: expected HOST:PORT, e.g. 127.0.0.1:9190")
+        config = ms.runner.RPCConfig(host, int(port), options.rpc_key, session_timeout_sec=SESSION_TIMEOUT_S)
+        try:
+            boards = config.count_num_servers(allow_missing=False)
+        except Exception as err:  # an unreachable tracker or an unknown key: ValueError / TVMError
+            raise BoardError(
+                f"RPC tracker {options.rpc_tracker} has no free board with key {options.rpc_key!r}: {last_line(err)}"
+            ) from err
+        runner = ms.runner.RPCRunner(config, _evaluator(), f_cleanup=_remove_upload, max_workers=boards)
+        yield Measurer(local_builder(target, workers), runner, workers=workers)
+        return
+    board = _board_for(target, options, progress)
+    with SSHConnection(board, trust_new_host=options.trust_new_host) as conn:
+        ensure_runtime(conn, target, progress)
+        server = RPCServer(conn, threads=target.threads)
+        try:
+            local_port = conn.forward(server.start(progress))
+            # RPCConfig wants tracker fields; the forward's address stands there, and _connect_forwarded uses it.
+            config = ms.runner.RPCConfig("127.0.0.1", local_port, "ssh-forward", session_timeout_sec=SESSION_TIMEOUT_S)
+            runner = ms.runner.RPCRunner(
+                config,
+                _evaluator(),
+                f_create_session=functools.partial(_connect_forwarded, "127.0.0.1", local_port),
+                f_cleanup=_remove_upload,
+                max_workers=1,  # TVM's RPC server serves one session at a time
+            )
+            yield Measurer(local_builder(target, workers), runner, workers=workers)
+        finally:
+            server.stop()

@@ -1,0 +1,442 @@
+"""Tune: search faster schedules for a model's fused functions with MetaSchedule, seeded with the defaults.
+
+The tasks are the PrimFuncs that ``ApplyCPUSchedules`` sees in a compile (after edgetvm's layout passes,
+legalization and fusion, and after quantization when the model was quantized), so a record found here
+matches a function that ``compile --db`` builds. Each task's first record is its default schedule
+(``kernels_schedules.cpu_rules``), measured with the same builder and runner as the candidates: the search
+starts from it, and a compile keeps it unless a candidate measured faster.
+
+Records live in MetaSchedule's JSON database (``database_workload.json`` + ``database_tuning_record.json``)
+in a sub-directory of the database directory per target (:func:`target_db_dir`); ``tuning.json`` beside
+them says what each run did. A second run over the same directory continues from its records: measured
+candidates are not measured again, and the best ones seed the next search. Candidates that fail to build,
+run or finish are stored as failures (MetaSchedule's ``1e10`` seconds), never as fast.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgetvm.errors import BuildError, InputError, last_line
+from edgetvm.pipeline.ingest import ImportedModel
+from edgetvm.targets import TargetPreset
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+FAILED_SECONDS = 1e9  # MetaSchedule stores a failed candidate as 1e10 s; anything this slow is a failure
+REPORT = "tuning.json"
+BUILD_TIMEOUT_S = 120.0  # one candidate's compile; a worker's start (import tvm) is not counted: see _build
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """What ``edgetvm tune`` was asked to do."""
+
+    trials: int
+    db: Path
+    trials_per_iter: int = 16
+    population: int = 64  # evolutionary search's population per task; MetaSchedule's 512 takes minutes per task
+    seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise InputError(f"--trials must be at least 1, got {self.trials}")
+        if self.trials_per_iter < 1:
+            raise InputError(f"trials per iteration must be at least 1, got {self.trials_per_iter}")
+
+
+@dataclass
+class Measurer:
+    """Where candidates are compiled and timed: a MetaSchedule builder and runner, and how many run at once."""
+
+    builder: Any
+    runner: Any
+    device: str = "cpu"
+    workers: int = 1
+
+
+@dataclass
+class TuningTask:
+    """One fused PrimFunc of the model (``weight`` identical copies) and its default schedule's rule."""
+
+    name: str
+    mod: Any  # IRModule {"main": PrimFunc}, the database workload
+    weight: int
+    rule: str
+
+
+@dataclass
+class TaskResult:
+    name: str
+    weight: int
+    rule: str
+    default_ms: float | None  # None: the default schedule failed to build or run
+    best_ms: float | None
+    trials: int = 0
+    failures: int = 0
+    error: str | None = None  # the last failure's reason
+
+    @property
+    def tuned(self) -> bool:
+        return self.best_ms is not None and (self.default_ms is None or self.best_ms < self.default_ms)
+
+
+@dataclass
+class TuningReport:
+    """What one ``tune`` run did; saved as ``tuning.json`` in the target's database directory."""
+
+    db: str
+    target: str
+    trials: int
+    wall_s: float
+    tasks: list[TaskResult]
+    history: list[tuple[int, float, float]] = field(default_factory=list)  # (trial, seconds, model estimate ms)
+    created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+    def estimate_ms(self, which: str) -> float | None:
+        values = [getattr(t, which) for t in self.tasks]
+        if any(v is None for v in values):
+            return None
+        return sum(v * t.weight for v, t in zip(values, self.tasks, strict=True))
+
+    def to_90_percent(self) -> tuple[int, float] | None:
+        """(trials, seconds) until the summed kernel time first came within 10% of where this run ended."""
+        if not self.history:
+            return None
+        final = self.history[-1][2]
+        return next(((n, s) for n, s, ms in self.history if ms * 0.9 <= final), None)
+
+    def summary(self) -> str:
+        default, tuned = self.estimate_ms("default_ms"), self.estimate_ms("best_ms")
+        faster = [t.name for t in self.tasks if t.tuned]
+        failed = [t.name for t in self.tasks if t.trials and t.failures == t.trials]
+        failures = sum(t.failures for t in self.tasks)
+        lines = [
+            f"tuned {len(self.tasks)} tasks for {self.target} in {self.trials} trials ({failures} failed), "
+            f"{self.wall_s:.0f} s; records in {self.db}",
+            f"faster than the default schedule: {len(faster)} tasks ({', '.join(faster) or 'none'})",
+        ]
+        if default is not None and tuned is not None:
+            lines.append(f"summed kernel time: default {default:.4f} ms, tuned {tuned:.4f} ms ({default / tuned:.2f}x)")
+        reach = self.to_90_percent()
+        if reach:
+            lines.append(f"within 10% of this run's best after {reach[0]} trials, {reach[1]:.0f} s")
+        for name in failed:
+            error = next(t.error for t in self.tasks if t.name == name)
+            lines.append(f"every candidate of {name} failed, it keeps the default schedule: {error}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        reach = self.to_90_percent()
+        return {
+            "created": self.created,
+            "db": self.db,
+            "target": self.target,
+            "trials": self.trials,
+            "wall_s": round(self.wall_s, 1),
+            "kernels_ms": {"default": self.estimate_ms("default_ms"), "tuned": self.estimate_ms("best_ms")},
+            "to_90_percent": {"trials": reach[0], "wall_s": round(reach[1], 1)} if reach else None,
+            "tasks": [asdict(t) for t in self.tasks],
+            "history": [list(point) for point in self.history],
+        }
+
+
+def target_db_dir(db: str | Path, target: TargetPreset) -> Path:
+    """The database directory of ``target`` inside ``db``: records of one target never mix with another's."""
+    key = hashlib.sha256(json.dumps(target.llvm, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(db) / f"{target.name}-{key}"
+
+
+def open_database(db: str | Path, target: TargetPreset, create: bool):
+    """MetaSchedule's JSON database of ``target`` in ``db``."""
+    directory = target_db_dir(db, target)
+    if not create and not (directory / "database_tuning_record.json").is_file():
+        raise InputError(
+            f"--db {db}: no tuning records for target {target.name} (expected {directory}); run 'edgetvm tune' "
+            "with this target first"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    return json_database(directory)
+
+
+def json_database(directory: str | Path):
+    """MetaSchedule's JSON database in ``directory`` (one target's, see :func:`target_db_dir`)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.database.JSONDatabase(work_dir=str(directory), module_equality="structural")
+
+
+def scheduling_module(imported: ImportedModel, target: TargetPreset):
+    """The model after layout passes, legalization and fusion: the functions ``ApplyCPUSchedules`` gets."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    from edgetvm.kernels_schedules.pipeline import layout_passes
+
+    tvm_target = target.tvm_target()
+    with tvm_target:
+        passes = cpu_generic.library_dispatch_passes(tvm_target) + layout_passes(tvm_target)
+        passes += cpu_generic.legalize_passes(tvm_target)
+        return tvm.transform.Sequential(passes)(imported.mod)
+
+
+def workload_module(func):
+    """The database workload of a fused PrimFunc: itself as ``main``, exported (MetaSchedule builds it alone)."""
+    import tvm
+
+    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+
+
+def tuning_tasks(imported: ImportedModel, target: TargetPreset) -> list[TuningTask]:
+    """The model's distinct, not yet scheduled PrimFuncs, with their default schedule's rule."""
+    import tvm_ffi
+    from tvm import tirx
+
+    from edgetvm.kernels_schedules.apply_schedules import is_scheduled
+
+    mod = scheduling_module(imported, target)
+    tasks: list[TuningTask] = []
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
+            continue
+        workload = workload_module(func)
+        same = next((t for t in tasks if tvm_ffi.structural_equal(t.mod, workload)), None)
+        if same is not None:
+            same.weight += 1
+            continue
+        tasks.append(TuningTask(gvar.name_hint, workload, 1, ""))
+    return tasks
+
+
+def _seconds(run_secs) -> float | None:
+    if run_secs is None or len(run_secs) == 0:
+        return None
+    values = [float(v) for v in run_secs]
+    mean = sum(values) / len(values)
+    return None if mean >= FAILED_SECONDS else mean
+
+
+def _best_ms(database, task: TuningTask) -> float | None:
+    if not database.has_workload(task.mod):
+        return None
+    records = database.get_top_k(database.commit_workload(task.mod), 1)
+    secs = _seconds(records[0].run_secs) if records else None
+    return None if secs is None else secs * 1e3
+
+
+def _measure(measurer: Measurer, target, sch, func) -> tuple[list[float] | None, str | None]:
+    """Build and time one schedule the way MetaSchedule times a candidate; (run_secs, error)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    (built,) = measurer.builder.build([ms.builder.BuilderInput(sch.mod, target)])
+    if built.error_msg:
+        return None, f"build: {last_line(built.error_msg)}"
+    args_info = ms.arg_info.ArgInfo.from_prim_func(func)
+    (future,) = measurer.runner.run([ms.runner.RunnerInput(built.artifact_path, measurer.device, args_info)])
+    result = future.result()
+    if result.error_msg:
+        return None, f"run: {last_line(result.error_msg)}"
+    return [float(s) for s in result.run_secs], None
+
+
+def seed_defaults(database, tasks: list[TuningTask], target: TargetPreset, measurer: Measurer, progress=None):
+    """Commit each task's default schedule, measured, as its first record (skipped when it has records).
+
+    Returns ``{task name: (default ms or None, error or None)}``.
+    """
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgetvm.kernels_schedules.cpu_rules import schedule_function
+
+    tvm_target = target.tvm_target()
+    defaults: dict[str, tuple[float | None, str | None]] = {}
+    for i, task in enumerate(tasks):
+        func = task.mod["main"]
+        try:
+            sch, task.rule = schedule_function(func, tvm_target)
+        except Exception as err:  # a ScheduleError: this function compiles naive by default
+            task.rule = "naive"
+            sch = tvm.s_tir.Schedule(task.mod)
+            log.debug("no default schedule for %s: %s", task.name, err)
+        if database.has_workload(task.mod) and _best_ms(database, task) is not None:
+            defaults[task.name] = (_recorded_default_ms(database, task, sch), None)
+            continue
+        if progress:
+            progress(f"measuring the default schedule of {task.name} ({i + 1}/{len(tasks)})")
+        run_secs, error = _measure(measurer, tvm_target, sch, func)
+        workload = database.commit_workload(task.mod)
+        secs = run_secs if run_secs is not None else [1e10]
+        args_info = ms.arg_info.ArgInfo.from_prim_func(func)
+        database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, secs, tvm_target, args_info))
+        defaults[task.name] = (None if run_secs is None else sum(run_secs) / len(run_secs) * 1e3, error)
+    return defaults
+
+
+def _recorded_default_ms(database, task: TuningTask, sch) -> float | None:
+    """The default schedule's time from an earlier run's records (its trace is the same)."""
+    workload = database.commit_workload(task.mod)
+    wanted = json.dumps(sch.trace.as_json(remove_postproc=True), sort_keys=True, default=str)
+    for record in database.get_top_k(workload, 1 << 20):
+        if json.dumps(record.trace.as_json(remove_postproc=True), sort_keys=True, default=str) == wanted:
+            secs = _seconds(record.run_secs)
+            return None if secs is None else secs * 1e3
+    return None
+
+
+def local_builder(target: TargetPreset, workers: int):
+    """A MetaSchedule builder that compiles candidates here (cross-compiled for a board target)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    target.check_toolchain()
+    export = _export_cross if target.cross_compiler else None
+    if export is not None:
+        import functools
+
+        export = functools.partial(_export_cross, target.cross_compiler)
+    return ms.builder.LocalBuilder(max_workers=workers, timeout_sec=BUILD_TIMEOUT_S, f_build=_build, f_export=export)
+
+
+def _build(mod, target, _params):
+    """MetaSchedule's default build without ``import tvm.s_tir.tensor_intrin``.
+
+    The default imports every tensor intrinsic (mostly CUDA's) in each new builder worker, 35-45 s on a small
+    machine: longer than the build timeout, which then fails every candidate. Candidates arrive scheduled, so
+    the intrinsics' registry is not needed to build them.
+    """
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+def _export_cross(cross_compiler: str, rt_mod) -> str:
+    """Link a candidate into a shared library for the board with its cross compiler."""
+    import os
+    import tempfile
+
+    from tvm.support import cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="edgetvm-tune-"), "candidate.so")
+    rt_mod.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
+    return path
+
+
+def local_measurer(target: TargetPreset) -> Measurer:
+    """Build and time candidates on this machine (x86 targets), with the target's threads."""
+    import os
+
+    from tvm.s_tir import meta_schedule as ms
+
+    if not target.is_host:
+        raise InputError(
+            f"target {target.name} does not run here: tune it on a board (--board NAME, or --rpc-tracker/--rpc-key)"
+        )
+    workers = max(1, os.cpu_count() or 1)
+    runner = ms.runner.LocalRunner(
+        evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40, enable_cpu_cache_flush=False),
+        timeout_sec=30.0,
+    )
+    return Measurer(local_builder(target, workers), runner, workers=workers)
+
+
+def tune_model(
+    imported: ImportedModel,
+    target: TargetPreset,
+    options: TuneOptions,
+    measurer: Measurer,
+    progress: Progress | None = None,
+) -> TuningReport:
+    """Tune ``imported`` (quantized already, if it is to be) for ``target``; records go to ``options.db``.
+
+    Raises
+    ------
+    BuildError
+        When every candidate of the run failed (nothing was learnt), or MetaSchedule itself fails.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgetvm.pipeline.tune_progress import TuneProgress
+
+    started = time.monotonic()
+    tasks = tuning_tasks(imported, target)
+    if not tasks:
+        raise InputError(f"{imported.path}: no functions to tune (every one is scheduled already)")
+    database = open_database(options.db, target, create=True)
+    defaults = seed_defaults(database, tasks, target, measurer, progress)
+    if all(ms_ is None for ms_, _ in defaults.values()):
+        errors = {err for _, err in defaults.values() if err}
+        raise BuildError(f"no default schedule of {imported.path} could be measured: {sorted(errors)[0]}")
+    tracker = TuneProgress([t.name for t in tasks], [t.weight for t in tasks], options.trials, started, progress)
+    for task in tasks:
+        tracker.best_ms[task.name] = _best_ms(database, task)
+    tvm_target = target.tvm_target()
+    contexts = [
+        ms.TuneContext(
+            mod=task.mod,
+            target=tvm_target,
+            space_generator="post-order-apply",
+            search_strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=options.population, genetic_num_iters=2, init_min_unmeasured=16
+            ),
+            task_name=task.name,
+            rand_state=-1 if options.seed is None else options.seed + i,
+            num_threads=measurer.workers,
+        ).clone()
+        for i, task in enumerate(tasks)
+    ]
+    work_dir = target_db_dir(options.db, target)
+    try:
+        ms.tune_tasks(
+            tasks=contexts,
+            task_weights=[float(t.weight) for t in tasks],
+            work_dir=str(work_dir),
+            max_trials_global=options.trials,
+            num_trials_per_iter=min(options.trials_per_iter, options.trials),
+            builder=measurer.builder,
+            runner=measurer.runner,
+            database=database,
+            measure_callbacks=[*ms.MeasureCallback.create("default"), tracker.callback()],
+            cost_model=ms.CostModel.create("xgb", num_tuning_cores=measurer.workers),
+        )
+    except Exception as err:  # MetaSchedule raises TVMError / ValueError from its C++ scheduler
+        raise BuildError(f"tuning {imported.path} for {target.name} failed in MetaSchedule: {last_line(err)}") from err
+    results = [
+        TaskResult(
+            task.name,
+            task.weight,
+            task.rule,
+            defaults[task.name][0],
+            _best_ms(database, task),
+            tracker.trials.get(task.name, 0),
+            tracker.failures.get(task.name, 0),
+            tracker.errors.get(task.name) or defaults[task.name][1],
+        )
+        for task in tasks
+    ]
+    wall_s = time.monotonic() - started
+    report = TuningReport(str(work_dir), target.name, tracker.total, wall_s, results, tracker.history)
+    _write_report(work_dir, report)
+    if tracker.total and tracker.total == sum(tracker.failures.values()):
+        raise BuildError(
+            f"every one of the {tracker.total} candidates failed (last: {tracker.last_error}); the records in "
+            f"{work_dir} say why each did: the default schedules stay in use"
+        )
+    return report
+
+
+def _write_report(work_dir: Path, report: TuningReport) -> None:
+    path = work_dir / REPORT
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    tmp.replace(path)

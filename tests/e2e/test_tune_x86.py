@@ -1,0 +1,107 @@
+"""edgetvm tune on this host: a few trials of a one-conv model, records reused by compile --db, failures kept."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgetvm.cli import main
+from edgetvm.errors import BuildError
+
+TRIALS = 4
+
+
+def _records(db: Path) -> list[list]:
+    (target_dir,) = db.iterdir()
+    lines = (target_dir / "database_tuning_record.json").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _run_secs(record: list) -> list[float]:
+    return [float(s) for s in record[1][1]]  # [workload index, [trace, run_secs, target, args_info]]
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, one_conv_path):
+    """One tuning run of TRIALS trials into a fresh database."""
+    model, db = one_conv_path, tmp_path_factory.mktemp("tune") / "db"
+    assert main(["-q", "tune", str(model), "--target", "x86", "--trials", str(TRIALS), "--db", str(db)]) == 0
+    return model, db
+
+
+def test_tune_records_defaults_and_candidates(tuned):
+    model, db = tuned
+    records = _records(db)
+    (target_dir,) = db.iterdir()
+    report = json.loads((target_dir / "tuning.json").read_text())
+    tasks = report["tasks"]
+    assert target_dir.name.startswith("x86-")
+    assert report["trials"] == TRIALS
+    # every task's default schedule is one measured record, plus the candidates of the search
+    assert len(records) == len(tasks) + TRIALS
+    assert all(t["default_ms"] is not None and t["default_ms"] > 0 for t in tasks)
+    assert all(t["best_ms"] <= t["default_ms"] for t in tasks)  # the default stays the floor
+    assert any(t["rule"] == "reduction-tile" for t in tasks)
+
+
+def test_compile_with_the_database_applies_its_records(tuned, tmp_path):
+    model, db = tuned
+    before = _records(db)
+    out = tmp_path / "tuned"
+    assert main(["-q", "compile", str(model), "--target", "x86", "--db", str(db), "-o", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    tuning = manifest["tuning"]
+    (target_dir,) = db.iterdir()
+    assert tuning["db"] == str(target_dir.resolve())
+    assert tuning["records_used"] >= 1 and tuning["tasks_untuned"] == []
+    functions = manifest["schedules"]["functions"]
+    assert set(tuning["applied_ms"]) <= {f for f, rule in functions.items() if rule == "prescheduled"}
+    assert _records(db) == before  # compiling tunes nothing
+
+    again = tmp_path / "again"
+    assert main(["-q", "compile", str(model), "--target", "x86", "--db", str(db), "-o", str(again)]) == 0
+    assert json.loads((again / "manifest.json").read_text())["tuning"]["applied_ms"] == tuning["applied_ms"]
+
+    # the tuned build computes what onnxruntime computes
+    compare = tmp_path / "compare.json"
+    assert main(["-q", "compare", str(out), "--json", str(compare)]) == 0
+    assert all(o["cosine"] > 0.9999 for o in json.loads(compare.read_text())["outputs"])
+
+
+def test_a_second_tune_continues_from_the_records(tuned, tmp_path):
+    model, db = tuned
+    before = _records(db)
+    assert main(["-q", "tune", str(model), "--target", "x86", "--trials", "2", "--db", str(db)]) == 0
+    after = _records(db)
+    assert after[: len(before)] == before  # nothing measured again: defaults are not re-seeded
+    assert len(after) == len(before) + 2
+
+
+def test_failed_candidates_are_recorded_as_failures_and_defaults_stay(tuned, tmp_path):
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgetvm.pipeline.ingest import load_model
+    from edgetvm.pipeline.tune import Measurer, TuneOptions, local_measurer, tune_model
+    from edgetvm.targets import resolve_target
+
+    model, seeded = tuned
+    db = tmp_path / "db"
+    shutil.copytree(seeded, db)
+    target = resolve_target("x86")
+    good = local_measurer(target)
+    # a build deadline nothing meets (set after the builder's start-up check): every candidate fails to build
+    builder = ms.builder.LocalBuilder(max_workers=1)
+    builder.timeout_sec = 1e-3
+    failing = Measurer(builder, good.runner)
+    with pytest.raises(BuildError, match="every one of the 2 candidates failed"):
+        tune_model(load_model(model), target, TuneOptions(2, db), failing)
+    records = _records(db)
+    failed = [r for r in records if min(_run_secs(r)) >= 1e9]
+    assert len(failed) == 2  # stored, as failures (1e10 s), not as fast
+    out = tmp_path / "out"
+    assert main(["-q", "compile", str(model), "--target", "x86", "--db", str(db), "-o", str(out)]) == 0
+    applied = json.loads((out / "manifest.json").read_text())["tuning"]["applied_ms"]
+    assert applied and all(ms_ < 1e6 for ms_ in applied.values())
