@@ -105,7 +105,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from edgetvm.pipeline.bench import BenchOptions, run_bench
-    from edgetvm.pipeline.bench_report import table_rows, threads_text
+    from edgetvm.pipeline.bench_report import runner_facts, table_rows, threads_text
     from edgetvm.pipeline.tensor_spec import parse_shape_option
 
     budget = _budget(args)
@@ -121,17 +121,35 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     with _progress(args, f"benchmarking {args.model}") as progress:
-        report = run_bench(args.model, args.output, options, progress.update)
+        if _bench_on_board(args):
+            from edgetvm.deploy.board_bench import BoardBenchOptions, run_board_bench
+
+            board = BoardBenchOptions(args.board, args.boards, args.trust_new_host)
+            report = run_board_bench(args.model, args.output, options, board, progress.update)
+        else:
+            report = run_bench(args.model, args.output, options, progress.update)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
+        threads = threads_text(runner_facts(report)["threads"])
+        where = f"on board {report.board['name']}" if report.board else "on this host"
         print("\n".join(table_rows(report)))
-        print(f"wrote {args.output}: bench.json, bench.md, bench.png ({threads_text(report.host['threads'])})")
+        print(f"wrote {args.output}: bench.json, bench.md, bench.png ({threads} {where})")
     if not budget.empty:
         from edgetvm.pipeline.gates import bench_measurements
 
         _enforce(args, budget, bench_measurements(report.to_json()))
     return 0
+
+
+def _bench_on_board(args: argparse.Namespace) -> bool:
+    """Whether ``bench`` runs on a board (any target but this host's); ``--board`` needs a board target."""
+    from edgetvm.targets import resolve_target
+
+    on_board = not resolve_target(args.target).is_host
+    if args.board and not on_board:
+        raise InputError(f"bench --board {args.board}: --target {args.target} runs on this host; give a board target")
+    return on_board
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -264,9 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_bench_command(sub) -> None:
-    p = sub.add_parser("bench", help="time edgetvm builds against onnxruntime / tflite-runtime on this host")
+    p = sub.add_parser("bench", help="time edgetvm builds against onnxruntime / tflite-runtime, here or on a board")
     _add_model_options(p)
-    p.add_argument("--target", "-t", default="x86", help="this host's target (default x86); boards: not yet")
+    p.add_argument(
+        "--target",
+        "-t",
+        default="x86",
+        help="x86 (default) runs here; a board target (rpi4) runs everything on a board",
+    )
+    p.add_argument("--board", help="board name from the boards file, or 'emulated' (default: first for the target)")
+    p.add_argument("--boards", help="boards.toml (default: $EDGETVM_BOARDS or ~/.config/edgetvm/boards.toml)")
+    p.add_argument("--trust-new-host", action="store_true", help="accept and record an unknown SSH host key")
     p.add_argument("--schemes", default="none", help="comma-separated edgetvm schemes (default none)")
     p.add_argument("--threads", type=int, help="threads of every runtime (default: the target's cores)")
     p.add_argument("--repeat", type=int, default=30, help="timed rounds, every variant once per round (default 30)")
