@@ -107,6 +107,8 @@ class WorkerProtocol:
 class BoardBaselineWorker:
     """``baseline_worker.py`` running on a board in the baselines venv. Use as a context manager.
 
+    ``env`` is added to the worker's environment (``QEMU_CPU`` on the emulated board).
+
     Attributes
     ----------
     protocol : WorkerProtocol
@@ -115,9 +117,10 @@ class BoardBaselineWorker:
         The worker's directory on the board (its script, its log, the models pushed to it).
     """
 
-    def __init__(self, conn: SSHConnection, python: str):
+    def __init__(self, conn: SSHConnection, python: str, env: dict[str, str] | None = None):
         self.conn = conn
         self.python = python
+        self.env = dict(env or {})
         self.run_dir = f"{conn.board.remote_workdir}/run/bench-{int(time.time())}-{secrets.token_hex(4)}"
         self.where = f"the baseline worker on board {conn.board.name!r}"
         self.pid: int | None = None
@@ -139,7 +142,9 @@ class BoardBaselineWorker:
         run_dir = quote(self.run_dir)
         self.conn.run(f"mkdir -p {run_dir}")
         self.conn.put(worker_script(), f"{self.run_dir}/baseline_worker.py")
-        command = f"cd {run_dir} && echo $$ && exec {quote(self.python)} -u baseline_worker.py 2> {run_dir}/worker.log"
+        env = "".join(f"{name}={quote(value)} " for name, value in self.env.items())
+        worker = f"{env}exec {quote(self.python)} -u baseline_worker.py 2> {run_dir}/worker.log"
+        command = f"cd {run_dir} && echo $$ && {worker}"
         try:
             stdin, stdout, _ = self.conn.client.exec_command(command, timeout=REQUEST_TIMEOUT_S)
             self._channel = stdout.channel

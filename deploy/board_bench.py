@@ -130,7 +130,11 @@ def _measure_on_board(conn: SSHConnection, board: BoardConfig, target, built: _H
     python = ensure_baseline_runtime(conn, target.arch, check_board(facts, target, board.name), progress)
     if progress:
         progress(f"starting the baseline worker on {board.name}")
-    with BoardBaselineWorker(conn, python) as worker, BoardSession(conn, threads=threads, progress=progress) as session:
+    env = _emulated_cpu(board, target)
+    with (
+        BoardBaselineWorker(conn, python, env) as worker,
+        BoardSession(conn, threads=threads, progress=progress, env=env) as session,
+    ):
         hello = worker.protocol.hello()
         worker.protocol.send_inputs(inputs)
         variants = _worker_variants(worker, built.baselines, threads, board.name, progress)
@@ -138,7 +142,16 @@ def _measure_on_board(conn: SSHConnection, board: BoardConfig, target, built: _H
         rows = measure_variants(
             variants, inputs, built.output_names, options.timing(), progress, reference=built.reference
         )
-    return rows, _board_facts(conn, board, facts, hello, threads)
+    return rows, {**_board_facts(conn, board, facts, hello, threads), **({"qemu_cpu": env["QEMU_CPU"]} if env else {})}
+
+
+def _emulated_cpu(board: BoardConfig, target) -> dict[str, str]:
+    """``QEMU_CPU`` for the emulated board: the bench's processes run as the target's CPU (see qemu_cpu_env)."""
+    if not board.emulated:
+        return {}
+    from edgetvm.deploy.emulated_board import qemu_cpu_env
+
+    return qemu_cpu_env(target)
 
 
 def _worker_variants(worker: BoardBaselineWorker, baselines: list[BaselineModel], threads: int, board_name: str,

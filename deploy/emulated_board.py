@@ -365,6 +365,18 @@ PI4_CPUINFO_ENTRY = (
 PI4_CPUINFO_MODEL = "Raspberry Pi 4 Model B (emulated: qemu-user on the host)"
 
 
+def qemu_cpu_env(target) -> dict[str, str]:
+    """The environment that makes qemu-user emulate ``target``'s CPU (``QEMU_CPU=cortex-a72`` for rpi4).
+
+    Without it qemu runs the board's programs on its ``max`` CPU, with extensions the real board lacks (SVE,
+    i8mm); onnxruntime then picks int8 kernels that qemu 7.2 computes wrongly (quantize_dynamic's mnist-cnn gave
+    cosine 0.64 against the host, and the host's outputs as a cortex-a72). Each program started with this
+    environment runs as the target's CPU; everything else on the board is unchanged.
+    """
+    cpu = target.llvm.get("mcpu")
+    return {"QEMU_CPU": cpu} if cpu and cpu.startswith(("cortex-", "neoverse-")) else {}
+
+
 def emulated_cpuinfo(cores: int) -> str:
     """The board's /proc/cpuinfo: ``cores`` Cortex-A72 entries and a model line that says it is emulated."""
     entries = "\n".join(PI4_CPUINFO_ENTRY.format(index=index) for index in range(cores))

@@ -22,6 +22,14 @@ def accuracy_text(row: BenchRow, baseline_label: str) -> str:
     return ", ".join(parts)
 
 
+def reference_label(report: BenchReport) -> str:
+    """What accuracy was measured against: the baseline row on the host, the host's float run on a board."""
+    for row in report.results:
+        if row.accuracy:
+            return row.accuracy["reference"]
+    return report.baseline_label
+
+
 def runner_facts(report: BenchReport) -> dict:
     """The machine that ran and timed the variants: the board for a board bench, else the host."""
     return report.board or report.host
@@ -33,8 +41,8 @@ def emulated_caption(report: BenchReport) -> str | None:
     if not board or not board.get("emulated"):
         return None
     return (
-        f"**Emulated board** ({board['name']}: {board['cpu']}): every number below ran under qemu-user on the host; "
-        "the timings say nothing about a real board's speed."
+        f"**Emulated board** ({board['cpu']}): every variant below ran under qemu-user on the host; the timings "
+        "say nothing about a real board's speed."
     )
 
 
@@ -53,7 +61,7 @@ def table_rows(report: BenchReport) -> list[str]:
     lines = [caption, ""] if caption else []
     lines += [
         f"| runtime | variant | median ms | p90 ms | ratio to {baseline} | GFLOP/s (% of sgemm) | "
-        f"accuracy vs {baseline} |",
+        f"accuracy vs {reference_label(report)} |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in report.results:
