@@ -137,7 +137,7 @@ def _measure_on_board(conn: SSHConnection, board: BoardConfig, target, built: _H
     ):
         hello = worker.protocol.hello()
         worker.protocol.send_inputs(inputs)
-        variants = _worker_variants(worker, built.baselines, threads, board.name, progress)
+        variants = _worker_variants(worker, built.baselines, threads, f"{board.name} ({hello['machine']})", progress)
         variants += _rpc_variants(session.remote, built, inputs, board.name, progress)
         rows = measure_variants(
             variants, inputs, built.output_names, options.timing(), progress, reference=built.reference
