@@ -167,32 +167,48 @@ def _atomic_savez(path: Path, arrays: dict) -> None:
 
 
 class _progress:
-    """A rich spinner for a step on a terminal; plain lines on stderr otherwise; nothing with --quiet."""
+    """A rich progress line for a step on a terminal: spinner, message, a bar (filled when the message counts
+    ``k/N``, pulsing otherwise) and the time elapsed; plain lines on stderr otherwise; nothing with --quiet."""
 
     def __init__(self, args: argparse.Namespace, message: str):
         self.quiet = getattr(args, "quiet", False)
         self.enabled = not self.quiet and sys.stdout.isatty()
         self.message = message
-        self._status = None
+        self._bar = None
+        self._task = None
 
     def update(self, message: str) -> None:
-        if self._status is not None:
-            self._status.update(message)
+        if self._bar is not None:
+            done, total = _count_in(message)
+            self._bar.update(self._task, description=message, completed=done, total=total)
         elif not self.quiet:  # a log file or CI: one plain line per step
             print(f"edgetvm: {message}", file=sys.stderr, flush=True)
 
     def __enter__(self):
         if self.enabled:
-            from rich.console import Console
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-            self._status = Console().status(self.message)
-            self._status.__enter__()
+            columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=20), TimeElapsedColumn())
+            self._bar = Progress(*columns, transient=True)
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.message, total=None)
         return self
 
     def __exit__(self, *exc):
-        if self._status is not None:
-            self._status.__exit__(*exc)
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
         return False
+
+
+def _count_in(message: str) -> tuple[int, int | None]:
+    """``(k - 1, N)`` for a message counting ``k/N`` (step k is under way), else ``(0, None)``: a pulsing bar."""
+    import re
+
+    counts = re.findall(r"\b(\d+)/(\d+)\b", message)
+    if not counts or int(counts[-1][1]) == 0:
+        return 0, None
+    done, total = (int(value) for value in counts[-1])
+    return min(done - 1, total), total
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
