@@ -24,6 +24,7 @@ from edgetvm.errors import BoardError
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 900.0  # loading a model into onnxruntime under qemu-user takes tens of seconds
+QUIT_TIMEOUT_S = 10.0
 
 
 class WorkerRequestError(BoardError):
@@ -168,6 +169,7 @@ class BoardBaselineWorker:
         """Ask the worker to quit, then kill it if it is still there, and remove its directory."""
         if self.protocol is not None:
             try:
+                self._channel.settimeout(QUIT_TIMEOUT_S)  # a worker stuck in a run (Ctrl-C) is killed below
                 self.protocol.quit()
             except BoardError as err:
                 log.debug("%s: quit: %s", self.where, err)
