@@ -124,8 +124,10 @@ def _build_on_host(imported, target, schemes, inputs, staging: Path, progress) -
     return _HostBuilds(baselines, packages, reference, staging / "builds", names)
 
 
-def _measure_on_board(conn: SSHConnection, board: BoardConfig, target, built: _HostBuilds, inputs, threads, options,
-                      progress) -> tuple[list, dict[str, Any]]:  # fmt: skip
+def _measure_on_board(
+    conn: SSHConnection, board: BoardConfig, target, built: _HostBuilds, inputs, threads: int, options, progress
+) -> tuple[list, dict[str, Any]]:
+    """Set the board up (TVM runtime, baselines venv), load every variant there, measure; rows and board facts."""
     facts = ensure_runtime(conn, target, progress)
     python = ensure_baseline_runtime(conn, target.arch, check_board(facts, target, board.name), progress)
     if progress:
@@ -154,8 +156,9 @@ def _emulated_cpu(board: BoardConfig, target) -> dict[str, str]:
     return qemu_cpu_env(target)
 
 
-def _worker_variants(worker: BoardBaselineWorker, baselines: list[BaselineModel], threads: int, board_name: str,
-                     progress) -> list[Variant]:  # fmt: skip
+def _worker_variants(
+    worker: BoardBaselineWorker, baselines: list[BaselineModel], threads: int, board_name: str, progress
+) -> list[Variant]:
     """The baselines loaded into the board's worker: a run fetches the outputs, a timed run is timed there."""
     protocol = worker.protocol
     variants = []
