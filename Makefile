@@ -15,7 +15,7 @@ BOARD ?=
 OUT ?= out/$(TARGET)
 REPEAT ?= 10
 
-.PHONY: all setup system-deps venv deploy board board-down test test-fast bench clean
+.PHONY: all setup system-deps venv deploy board board-down test test-fast bench bench-board clean
 
 all: setup
 
@@ -64,6 +64,13 @@ test-fast: setup
 # (bench/results/tuning-db, continued by later runs) and adds the tuned builds side by side.
 bench: setup
 	$(PY) bench/suite.py $(BENCH_ARGS)
+
+# The same suite on a board (TARGET=rpi4 by default; BOARD=name, else the emulated board): every variant, the
+# onnxruntime / tflite-runtime baselines too, runs there. Writes bench/results-$(TARGET)/. On the emulated board the
+# timings are qemu-user's, not a Raspberry Pi's. BENCH_BOARD_ARGS="--repeat 5 --models mnist-cnn" narrows it.
+BENCH_BOARD_ARGS ?= --repeat 10 --warmup 2 --settle-ms 100
+bench-board: setup
+	$(PY) bench/suite.py --target $(TARGET) $(if $(BOARD),--board $(BOARD)) $(BENCH_BOARD_ARGS)
 
 clean:
 	rm -rf out .pytest_cache

@@ -191,7 +191,7 @@ def _compare_per_layer(args: argparse.Namespace, package) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from edgetvm.pipeline.bench import BenchOptions, run_bench
-    from edgetvm.pipeline.bench_report import table_rows, threads_text
+    from edgetvm.pipeline.bench_report import runner_facts, table_rows, threads_text
     from edgetvm.pipeline.tensor_spec import parse_shape_option
 
     budget = _budget(args)
@@ -209,17 +209,35 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         db=args.db,
     )
     with _progress(args, f"benchmarking {args.model}") as progress:
-        report = run_bench(args.model, args.output, options, progress.update)
+        if _bench_on_board(args):
+            from edgetvm.deploy.board_bench import BoardBenchOptions, run_board_bench
+
+            board = BoardBenchOptions(args.board, args.boards, args.trust_new_host)
+            report = run_board_bench(args.model, args.output, options, board, progress.update)
+        else:
+            report = run_bench(args.model, args.output, options, progress.update)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
+        threads = threads_text(runner_facts(report)["threads"])
+        where = f"on board {report.board['name']}" if report.board else "on this host"
         print("\n".join(table_rows(report)))
-        print(f"wrote {args.output}: bench.json, bench.md, bench.png ({threads_text(report.host['threads'])})")
+        print(f"wrote {args.output}: bench.json, bench.md, bench.png ({threads} {where})")
     if not budget.empty:
         from edgetvm.pipeline.gates import bench_measurements
 
         _enforce(args, budget, bench_measurements(report.to_json()))
     return 0
+
+
+def _bench_on_board(args: argparse.Namespace) -> bool:
+    """Whether ``bench`` runs on a board (any target but this host's); ``--board`` needs a board target."""
+    from edgetvm.targets import resolve_target
+
+    on_board = not resolve_target(args.target).is_host
+    if args.board and not on_board:
+        raise InputError(f"bench --board {args.board}: --target {args.target} runs on this host; give a board target")
+    return on_board
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -237,32 +255,48 @@ def _atomic_savez(path: Path, arrays: dict) -> None:
 
 
 class _progress:
-    """A rich spinner for a step on a terminal; plain lines on stderr otherwise; nothing with --quiet."""
+    """A rich progress line for a step on a terminal: spinner, message, a bar (filled when the message counts
+    ``k/N``, pulsing otherwise) and the time elapsed; plain lines on stderr otherwise; nothing with --quiet."""
 
     def __init__(self, args: argparse.Namespace, message: str):
         self.quiet = getattr(args, "quiet", False)
         self.enabled = not self.quiet and sys.stdout.isatty()
         self.message = message
-        self._status = None
+        self._bar = None
+        self._task = None
 
     def update(self, message: str) -> None:
-        if self._status is not None:
-            self._status.update(message)
+        if self._bar is not None:
+            done, total = _count_in(message)
+            self._bar.update(self._task, description=message, completed=done, total=total)
         elif not self.quiet:  # a log file or CI: one plain line per step
             print(f"edgetvm: {message}", file=sys.stderr, flush=True)
 
     def __enter__(self):
         if self.enabled:
-            from rich.console import Console
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-            self._status = Console().status(self.message)
-            self._status.__enter__()
+            columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=20), TimeElapsedColumn())
+            self._bar = Progress(*columns, transient=True)
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.message, total=None)
         return self
 
     def __exit__(self, *exc):
-        if self._status is not None:
-            self._status.__exit__(*exc)
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
         return False
+
+
+def _count_in(message: str) -> tuple[int, int | None]:
+    """``(k - 1, N)`` for a message counting ``k/N`` (step k is under way), else ``(0, None)``: a pulsing bar."""
+    import re
+
+    counts = re.findall(r"\b(\d+)/(\d+)\b", message)
+    if not counts or int(counts[-1][1]) == 0:
+        return 0, None
+    done, total = (int(value) for value in counts[-1])
+    return min(done - 1, total), total
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -448,9 +482,17 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _add_bench_command(sub) -> None:
-    p = sub.add_parser("bench", help="time edgetvm builds against onnxruntime / tflite-runtime on this host")
+    p = sub.add_parser("bench", help="time edgetvm builds against onnxruntime / tflite-runtime, here or on a board")
     _add_model_options(p)
-    p.add_argument("--target", "-t", default="x86", help="this host's target (default x86); boards: not yet")
+    p.add_argument(
+        "--target",
+        "-t",
+        default="x86",
+        help="x86 (default) runs here; a board target (rpi4) runs everything on a board",
+    )
+    p.add_argument("--board", help="board name from the boards file, or 'emulated' (default: first for the target)")
+    p.add_argument("--boards", help="boards.toml (default: $EDGETVM_BOARDS or ~/.config/edgetvm/boards.toml)")
+    p.add_argument("--trust-new-host", action="store_true", help="accept and record an unknown SSH host key")
     p.add_argument("--schemes", default="none", help="comma-separated edgetvm schemes (default none)")
     _add_calibration_options(p)
     p.add_argument("--threads", type=int, help="threads of every runtime (default: the target's cores)")

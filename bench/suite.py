@@ -1,8 +1,11 @@
-"""The benchmark suite on this host: every suite model through ``edgetvm bench``, tables printed and collected.
+"""The benchmark suite: every suite model through ``edgetvm bench``, tables printed and collected.
 
-``make bench`` runs it (``.venv/bin/python bench/suite.py [--repeat N] [--models a,b]``). Each model's report goes
-to ``bench/results/<model>/`` (bench.json, bench.md, bench.png, the builds and baseline models), and all tables to
-``bench/results/summary.md``. A suite model that this edgetvm does not know (yet) is skipped with a note.
+``make bench`` runs it on this host (``.venv/bin/python bench/suite.py [--repeat N] [--models a,b]``). Each model's
+report goes to ``bench/results/<model>/`` (bench.json, bench.md, bench.png, the builds and baseline models), and all
+tables to ``bench/results/summary.md``. A suite model that this edgetvm does not know (yet) is skipped with a note.
+
+``make bench-board TARGET=rpi4 [BOARD=name]`` runs it on a board (``--target rpi4 [--board NAME]``; the emulated
+board when none is configured) into ``bench/results-<target>/``: every variant, the baselines too, runs there.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def bench_model(name: str, args: argparse.Namespace) -> BenchReport:
         _say(f"{name}: " + report.summary().replace("\n", f"\nbench: {name}: "))
     options = BenchOptions(
         input_shapes=shapes,
+        target=args.target,
         schemes=tuple(args.schemes.split(",")),
         threads=args.threads,
         repeat=args.repeat,
@@ -49,7 +53,15 @@ def bench_model(name: str, args: argparse.Namespace) -> BenchReport:
         settle_ms=args.settle_ms,
         db=str(db) if db else None,
     )
-    return run_bench(model.path(), args.results / name, options, lambda message: _say(f"{name}: {message}"))
+
+    def progress(message: str) -> None:
+        _say(f"{name}: {message}")
+
+    if resolve_target(args.target).is_host:
+        return run_bench(model.path(), args.results / name, options, progress)
+    from edgetvm.deploy.board_bench import BoardBenchOptions, run_board_bench
+
+    return run_board_bench(model.path(), args.results / name, options, BoardBenchOptions(args.board), progress)
 
 
 def tune(name: str, path: Path, shapes, trials: int, db: Path):
@@ -68,12 +80,24 @@ def tune(name: str, path: Path, shapes, trials: int, db: Path):
 def summary(reports: dict[str, BenchReport], notes: list[str]) -> str:
     """``summary.md``: every model's bench.md one after the other, headings one level down."""
     date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    parts = [f"# edgetvm benchmark suite, {date}", "", "Measured on this host (not an emulated board).", ""]
+    parts = [f"# edgetvm benchmark suite, {date}", "", _where(reports), ""]
     parts += [f"- {note}" for note in notes]
     for name, report in reports.items():
         body = markdown_report(report).replace("# edgetvm bench: ", f"## {name}: ", 1)
         parts += ["", body]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _where(reports: dict[str, BenchReport]) -> str:
+    boards = {report.board["name"]: report.board for report in reports.values() if report.board}
+    if not boards:
+        return "Measured on this host (not an emulated board)."
+    if any(board["emulated"] for board in boards.values()):
+        return (
+            "Measured on the EMULATED board (qemu-user on this host): every variant, the baselines too, ran under "
+            "emulation. The timings prove nothing about a real board's speed, nor about which runtime is faster on one."
+        )
+    return "Measured on board " + ", ".join(boards) + " (real hardware)."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,10 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=50, help="timed rounds per model (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first (default 5)")
     parser.add_argument("--settle-ms", type=float, default=200.0, help="untimed runs before each timed one (200)")
-    parser.add_argument("--results", type=Path, default=RESULTS, help=f"output folder (default {RESULTS})")
+    parser.add_argument("--target", default="x86", help="x86 (this host, default) or a board target such as rpi4")
+    parser.add_argument("--board", help="board name from the boards file, or 'emulated' (board targets)")
+    parser.add_argument("--results", type=Path, help=f"output folder (default {RESULTS}, or {RESULTS}-TARGET)")
     parser.add_argument("--no-kernels", action="store_true", help="skip the per-operator table (bench/kernels.py)")
     parser.add_argument("--tune-trials", type=int, default=0, help="tune each model first (N trials), add +tuned rows")
     args = parser.parse_args(argv)
+    on_host = resolve_target(args.target).is_host
+    args.results = args.results or (RESULTS if on_host else RESULTS.with_name(f"results-{args.target}"))
     reports: dict[str, BenchReport] = {}
     notes: list[str] = []
     failed = False
@@ -106,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{markdown_report(reports[name])}", flush=True)
     args.results.mkdir(parents=True, exist_ok=True)
     text = summary(reports, notes)
-    if not args.no_kernels:
+    if not args.no_kernels and on_host:  # the per-operator table times this host's kernels
         _say("per-operator kernels")
         table = kernels.run(args.threads or resolve_target("x86").threads, 20, args.results)
         print(f"\n{table}", flush=True)

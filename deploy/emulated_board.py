@@ -355,6 +355,45 @@ def _mount_binds(rootfs: Path) -> None:
             _run(["mount", "-o", "remount,bind,ro", str(target)], f"make {target} read-only")
 
 
+# A Raspberry Pi 4's /proc/cpuinfo entry (Cortex-A72). Under qemu-user the board's /proc is the host's, whose
+# x86 /proc/cpuinfo has no ARM processor entries: ARM programs that parse it (onnxruntime's cpuinfo library)
+# find no processor and crash at import. The board gets this text instead, one entry per host core.
+PI4_CPUINFO_ENTRY = (
+    "processor\t: {index}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n"
+    "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n"
+)
+PI4_CPUINFO_MODEL = "Raspberry Pi 4 Model B (emulated: qemu-user on the host)"
+
+
+def qemu_cpu_env(target) -> dict[str, str]:
+    """The environment that makes qemu-user emulate ``target``'s CPU (``QEMU_CPU=cortex-a72`` for rpi4).
+
+    Without it qemu runs the board's programs on its ``max`` CPU, with extensions the real board lacks (SVE,
+    i8mm); onnxruntime then picks int8 kernels that qemu 7.2 computes wrongly (quantize_dynamic's mnist-cnn gave
+    cosine 0.64 against the host, and the host's outputs as a cortex-a72). Each program started with this
+    environment runs as the target's CPU; everything else on the board is unchanged.
+    """
+    cpu = target.llvm.get("mcpu")
+    return {"QEMU_CPU": cpu} if cpu and cpu.startswith(("cortex-", "neoverse-")) else {}
+
+
+def emulated_cpuinfo(cores: int) -> str:
+    """The board's /proc/cpuinfo: ``cores`` Cortex-A72 entries and a model line that says it is emulated."""
+    entries = "\n".join(PI4_CPUINFO_ENTRY.format(index=index) for index in range(cores))
+    return f"{entries}\nHardware\t: BCM2835\nModel\t\t: {PI4_CPUINFO_MODEL}\n"
+
+
+def _mount_cpuinfo(rootfs: Path, state_dir: Path) -> None:
+    """Bind a Raspberry Pi 4 ``cpuinfo`` (read-only) over the board's /proc/cpuinfo, once."""
+    target = rootfs.resolve() / "proc" / "cpuinfo"
+    if target in mounts_under(target):
+        return
+    source = state_dir / "cpuinfo"
+    _write_atomic(source, emulated_cpuinfo(os.cpu_count() or 1))
+    _run(["mount", "--bind", str(source), str(target)], "bind-mount the board's /proc/cpuinfo")
+    _run(["mount", "-o", "remount,bind,ro", str(target)], "make the board's /proc/cpuinfo read-only")
+
+
 def _unmount_all(rootfs: Path) -> None:
     """Unmount everything at or below ``rootfs``, most recent first, lazily when a plain umount fails."""
     for point in reversed(mounts_under(rootfs)):
@@ -579,6 +618,7 @@ class EmulatedBoard:
         with self._locked():
             state = self._live_state()
             if state is not None:
+                _mount_cpuinfo(self.rootfs, self.state_dir)  # a board started before the cpuinfo existed
                 return state
             self._stop()
             try:
@@ -588,6 +628,7 @@ class EmulatedBoard:
                     _say(progress, f"extracting {tarball.name} into {self.rootfs}")
                     _extract_rootfs(tarball, self.rootfs)
                 _mount_binds(self.rootfs)
+                _mount_cpuinfo(self.rootfs, self.state_dir)
                 self._prepare_rootfs()
                 return self._start_sshd(progress)
             except BaseException:

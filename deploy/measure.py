@@ -20,7 +20,7 @@ from edgetvm.pipeline.bench import latency_stats
 from edgetvm.pipeline.compare import compare_outputs
 from edgetvm.pipeline.inputs import load_inputs
 from edgetvm.pipeline.package import Package
-from edgetvm.targets import resolve_target
+from edgetvm.targets import TargetPreset, resolve_target
 
 log = logging.getLogger(__name__)
 
@@ -106,21 +106,36 @@ class DeployReport:
 
 def resolve_board(package: Package, options: DeployOptions, progress: Progress | None = None) -> BoardConfig:
     """The configured board for the package's target, or the emulated board (started if needed)."""
-    target = package.target()
-    boards = load_boards(boards_file(options.boards_file), must_exist=bool(options.boards_file))
-    board = select_board(options.board, target.name, boards)
+    return board_for_target(
+        package.target(), options.board, options.boards_file, f"{package.directory} was built for", progress
+    )
+
+
+def board_for_target(
+    target: TargetPreset,
+    board_name: str | None,
+    boards_file_option: str | None,
+    what: str = "the build is for",
+    progress: Progress | None = None,
+) -> BoardConfig:
+    """The board named (or the first configured for ``target``), else the emulated board, started if needed.
+
+    ``what`` starts the error messages (``out/rpi4 was built for``).
+    """
+    boards = load_boards(boards_file(boards_file_option), must_exist=bool(boards_file_option))
+    board = select_board(board_name, target.name, boards)
     if board is not None:
         board_arch = resolve_target(board.target).arch
-        if board_arch != package.arch:
+        if board_arch != target.arch:
             raise InputError(
-                f"{package.directory} was built for {target.name} ({package.arch}) but board {board.name!r} is a "
-                f"{board.target} ({board_arch}): compile with --target {board.target}"
+                f"{what} {target.name} ({target.arch}) but board {board.name!r} is a {board.target} ({board_arch}): "
+                f"use --target {board.target}"
             )
         return board
-    if package.arch != "aarch64" or not target.emulated_board:
+    if target.arch != "aarch64" or not target.emulated_board:
         raise InputError(
-            f"{package.directory} was built for {target.name} ({package.arch}); no board for it is configured in "
-            f"{boards_file(options.boards_file)} and the emulated board runs aarch64 (rpi4, rpi5) only"
+            f"{what} {target.name} ({target.arch}); no board for it is configured in "
+            f"{boards_file(boards_file_option)} and the emulated board runs aarch64 (rpi4, rpi5) only"
         )
     from edgetvm.deploy.emulated_board import EmulatedBoard
 

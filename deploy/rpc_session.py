@@ -26,9 +26,10 @@ _BIND_LINE = re.compile(r"bind to 127\.0\.0\.1:(\d+)")
 class RPCServer:
     """``python -m tvm.exec.rpc_server`` on the board, bound to 127.0.0.1, in its own process group."""
 
-    def __init__(self, conn: SSHConnection, threads: int | None = None):
+    def __init__(self, conn: SSHConnection, threads: int | None = None, env: dict[str, str] | None = None):
         self.conn = conn
         self.threads = threads
+        self.env = dict(env or {})
         self.run_dir = f"{conn.board.remote_workdir}/run/{int(time.time())}-{secrets.token_hex(4)}"
         self.pgid: int | None = None
         self.port: int | None = None
@@ -38,6 +39,7 @@ class RPCServer:
         workdir = self.conn.board.remote_workdir
         run_dir = quote(self.run_dir)
         env = f"TMPDIR={run_dir}/tmp" + (f" TVM_NUM_THREADS={int(self.threads)}" if self.threads else "")
+        env += "".join(f" {name}={quote(value)}" for name, value in self.env.items())
         command = (
             # `&` binds to the whole `a && b` list, so the directory setup is a separate statement: only the
             # server itself goes to the background, and $! is its pid (and, after setsid, its process group).
@@ -99,11 +101,13 @@ class BoardSession:
     ----------
     remote : tvm.rpc.RPCSession
         The connected session (upload, load_module, cpu()).
+
+    ``env`` is added to the server's environment (``QEMU_CPU`` on the emulated board).
     """
 
-    def __init__(self, conn: SSHConnection, threads: int | None = None, progress=None):
+    def __init__(self, conn: SSHConnection, threads: int | None = None, progress=None, env=None):
         self.conn = conn
-        self.server = RPCServer(conn, threads)
+        self.server = RPCServer(conn, threads, env)
         self.progress = progress
         self.remote = None
 

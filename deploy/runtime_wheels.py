@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from edgetvm.cache import cache_dir
@@ -40,8 +41,19 @@ def runtime_wheels(target: TargetPreset, python_tag: str) -> list[Path]:
     if not target.wheel_platforms:
         raise BoardError(f"target {target.name} names no wheel platforms; it cannot be bootstrapped")
     directory = cache_dir() / "wheels" / f"{target.arch}-cp{python_tag}"
+    return download_wheels(directory, RUNTIME_REQUIREMENTS, target.wheel_platforms, python_tag, "TVM runtime")
+
+
+def download_wheels(
+    directory: Path, requirements: Sequence[str], platforms: Sequence[str], python_tag: str, what: str
+) -> list[Path]:
+    """Binary wheels of ``requirements`` and their dependencies for another machine, cached in ``directory``.
+
+    ``directory/.complete`` lists the requirements it was downloaded for; a different list downloads again (into a
+    staging directory renamed over the old one, so a failed download leaves the cache as it was).
+    """
     complete = directory / ".complete"
-    if complete.is_file() and complete.read_text().splitlines() == list(RUNTIME_REQUIREMENTS):
+    if complete.is_file() and complete.read_text().splitlines() == list(requirements):
         return sorted(directory.glob("*.whl"))
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
@@ -59,16 +71,16 @@ def runtime_wheels(target: TargetPreset, python_tag: str) -> list[Path]:
         "-d",
         str(staging),
     ]
-    for platform in target.wheel_platforms:
+    for platform in platforms:
         command += ["--platform", platform]
-    command += list(RUNTIME_REQUIREMENTS)
-    log.info("downloading the %s runtime wheels for Python %s", target.arch, python_tag)
+    command += list(requirements)
+    log.info("downloading the %s wheels (%s...) for Python %s", what, platforms[0], python_tag)
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PIP_NO_INPUT": "1"})
     if result.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
         last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise BoardError(f"no TVM runtime wheels for {target.arch} / Python {python_tag} on the package index: {last}")
-    (staging / ".complete").write_text("\n".join(RUNTIME_REQUIREMENTS) + "\n")
+        raise BoardError(f"no {what} wheels for {platforms[0]} / Python {python_tag} on the package index: {last}")
+    (staging / ".complete").write_text("\n".join(requirements) + "\n")
     if directory.exists():
         shutil.rmtree(directory)
     os.rename(staging, directory)

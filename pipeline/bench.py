@@ -95,7 +95,11 @@ class BenchRow:
 
 @dataclass
 class BenchReport:
-    """Everything a bench run measured; ``bench.json`` is its ``to_json()``."""
+    """Everything a bench run measured; ``bench.json`` is its ``to_json()``.
+
+    ``host`` is the machine that built the variants; ``board``, for a board bench, the one that ran and timed
+    them (with ``emulated`` true for the emulated board), else None.
+    """
 
     model: dict[str, Any]
     target: str
@@ -104,6 +108,7 @@ class BenchReport:
     timing: dict[str, Any]
     roofline: dict[str, Any]
     results: list[BenchRow]
+    board: dict[str, Any] | None = None
     created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     @property
@@ -139,14 +144,27 @@ def interleaved_order(count: int, round_index: int) -> list[int]:
     return [(round_index + offset) % count for offset in range(count)]
 
 
+@dataclass(frozen=True)
+class RemoteTimer:
+    """A variant timed where it runs (a board): ``time_once(settle_s)`` settles there, times one run by that
+    machine's clock, and returns its seconds, so the host's clock never counts the round trip."""
+
+    time_once: Callable[[float], float]
+
+
 def time_interleaved(
-    runs: dict[str, Callable[[], object]], plan: TimingPlan, clock: Callable[[], float] = time.perf_counter
+    runs: dict[str, Callable[[], object] | RemoteTimer],
+    plan: TimingPlan,
+    clock: Callable[[], float] = time.perf_counter,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, list[float]], dict[str, str]]:
     """Time every callable once per round, ``plan.warmup`` untimed rounds then ``plan.repeat`` timed ones.
 
     With ``plan.settle_ms`` > 0, each timed run comes after untimed runs of the same callable for that long (at least
     one): onnxruntime's and TVM's idle worker threads keep spinning on a core for tens to hundreds of milliseconds
     after a run, which would otherwise be charged to whichever variant runs next.
+
+    A ``RemoteTimer`` settles and times itself where it runs. ``progress`` hears of every round.
 
     Returns
     -------
@@ -155,15 +173,25 @@ def time_interleaved(
     """
     samples: dict[str, list[float]] = {name: [] for name in runs}
     errors: dict[str, str] = {}
-    for round_index in range(plan.warmup + plan.repeat):
+    rounds = plan.warmup + plan.repeat
+    for round_index in range(rounds):
+        if progress:
+            kind = "warm-up round" if round_index < plan.warmup else "round"
+            number = round_index + 1 if round_index < plan.warmup else round_index - plan.warmup + 1
+            total = plan.warmup if round_index < plan.warmup else plan.repeat
+            progress(f"timing {len(runs)} variants interleaved: {kind} {number}/{total}")
         active = [name for name in runs if name not in errors]
         for index in interleaved_order(len(active), round_index):
             name = active[index]
+            run = runs[name]
             try:
-                _settle(runs[name], plan.settle_ms / 1e3, clock)
-                start = clock()
-                runs[name]()
-                elapsed = clock() - start
+                if isinstance(run, RemoteTimer):
+                    elapsed = run.time_once(plan.settle_ms / 1e3)
+                else:
+                    _settle(run, plan.settle_ms / 1e3, clock)
+                    start = clock()
+                    run()
+                    elapsed = clock() - start
             except Exception as err:  # a runtime failing mid-run: its row says so, the others go on
                 errors[name] = f"failed while timing: {type(err).__name__}: {last_line(err)}"
                 continue
@@ -214,15 +242,18 @@ def measure_variants(
     output_names: list[str],
     timing: TimingPlan,
     progress: Progress | None = None,
+    reference: Variant | None = None,
 ) -> list[BenchRow]:
-    """Accuracy of every variant against the first (the float reference), then interleaved timing.
+    """Accuracy of every variant against the float reference, then interleaved timing.
 
-    Rows come back in the variants' order; a variant that fails (here or before) has a row with its ``error``.
+    The reference is ``reference`` when given (run for its outputs only, not timed: the host's float run of a
+    board bench), else the first variant. Rows come back in the variants' order; a variant that fails (here or
+    before) has a row with its ``error``.
     """
     rows = [BenchRow(v.runtime, v.variant, details=dict(v.details), error=v.error) for v in variants]
-    reference = _reference(variants)
+    reference = reference or _reference(variants)
     expected = reference.run(inputs)
-    runs: dict[str, Callable[[], object]] = {}
+    runs: dict[str, Callable[[], object] | RemoteTimer] = {}
     for variant, row in zip(variants, rows, strict=True):
         if row.error is not None:
             continue
@@ -232,10 +263,11 @@ def measure_variants(
         except Exception as err:  # a baseline's runtime rejects the model at run time, or gives other shapes
             row.error = f"failed on the first run: {type(err).__name__}: {last_line(err)}"
             continue
-        runs[row.label] = lambda run=variant.run: run(inputs)
-    if progress:
-        progress(f"timing {len(runs)} variants: {timing.warmup} warm-up + {timing.repeat} rounds, interleaved")
-    samples, errors = time_interleaved(runs, timing)
+        if variant.time_remote is not None:
+            runs[row.label] = RemoteTimer(variant.time_remote)
+        else:
+            runs[row.label] = lambda run=variant.run: run(inputs)
+    samples, errors = time_interleaved(runs, timing, progress=progress)
     for row in rows:
         if row.label in errors:
             row.error = errors[row.label]
@@ -273,7 +305,7 @@ def run_bench(
     Raises
     ------
     InputError
-        For a board target (not supported yet), a bad model, scheme, inputs file or output directory.
+        For a board target (``deploy.board_bench`` runs those), a bad model, scheme, inputs file or output directory.
     """
     from edgetvm.pipeline.ingest import load_model
     from edgetvm.pipeline.inputs import load_inputs
@@ -283,8 +315,8 @@ def run_bench(
     target = resolve_target(options.target)
     if not target.is_host:
         raise InputError(
-            f"bench --target {target.name}: board benchmarks are not supported yet; only this host's target runs "
-            "here (--target x86)"
+            f"bench --target {target.name} is a board target: its bench runs on the board "
+            f"(edgetvm.deploy.board_bench.run_board_bench, what 'edgetvm bench --target {target.name}' calls)"
         )
     out_dir = Path(out_dir)
     check_replaceable(out_dir, REPORT, _KIND)  # before minutes of building, not after

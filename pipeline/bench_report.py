@@ -11,15 +11,39 @@ def accuracy_text(row: BenchRow, baseline_label: str) -> str:
     """The accuracy column: top-1 agreement where the outputs are class scores, cosine and max abs error."""
     if row.error is not None:
         return f"failed: {row.error}"
-    if row.label == baseline_label:
-        return "reference"
     accuracy = row.accuracy or {}
+    if accuracy.get("reference") == row.label:
+        return "reference"
     parts = []
     if accuracy.get("top1_agreement") is not None:
         parts.append(f"top-1 {accuracy['top1_agreement']:.0%}")
     parts.append(f"cosine {accuracy['min_cosine']:.6f}")
     parts.append(f"max abs err {accuracy['max_abs_error']:.2g}")
     return ", ".join(parts)
+
+
+def reference_label(report: BenchReport) -> str:
+    """What accuracy was measured against: the baseline row on the host, the host's float run on a board."""
+    for row in report.results:
+        if row.accuracy:
+            return row.accuracy["reference"]
+    return report.baseline_label
+
+
+def runner_facts(report: BenchReport) -> dict:
+    """The machine that ran and timed the variants: the board for a board bench, else the host."""
+    return report.board or report.host
+
+
+def emulated_caption(report: BenchReport) -> str | None:
+    """The warning every table of an emulated board's numbers carries, or None for real hardware."""
+    board = report.board
+    if not board or not board.get("emulated"):
+        return None
+    return (
+        f"**Emulated board** ({board['cpu']}): every variant below ran under qemu-user on the host; the timings "
+        "say nothing about a real board's speed."
+    )
 
 
 def threads_text(count: int) -> str:
@@ -33,9 +57,11 @@ def _number(value: float | None, fmt: str) -> str:
 def table_rows(report: BenchReport) -> list[str]:
     """The markdown table of the variants, header included."""
     baseline = report.baseline_label
-    lines = [
+    caption = emulated_caption(report)
+    lines = [caption, ""] if caption else []
+    lines += [
         f"| runtime | variant | median ms | p90 ms | ratio to {baseline} | GFLOP/s (% of sgemm) | "
-        f"accuracy vs {baseline} |",
+        f"accuracy vs {reference_label(report)} |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in report.results:
@@ -58,19 +84,17 @@ def table_rows(report: BenchReport) -> list[str]:
 
 def markdown_report(report: BenchReport) -> str:
     """``bench.md``: what was measured where, the table, and how to read it."""
-    host, model, roof, timing = report.host, report.model, report.roofline, report.timing
+    model, timing = report.model, report.timing
     shapes = ", ".join(f"{s['name']} {'x'.join(map(str, s['shape']))} {s['dtype']}" for s in model["inputs"])
     lines = [
         f"# edgetvm bench: {Path(model['path']).name}",
         "",
-        f"- host: {host['cpu']} ({host['machine']}, {host['cores']} cores), {threads_text(host['threads'])} for every "
-        f"runtime (TVM pool: {host['tvm_threads']}), not emulated; {host['date']}",
+        *_where_lines(report),
         f"- model: {model['format']}, inputs {shapes}; {model['flops'] / 1e6:.1f} MFLOP (conv/matmul, 2 x MACs)",
         f"- timing: {timing['rounds']} rounds after {timing['warmup_rounds']} warm-up rounds, every variant once per "
         f"round in rotated order, each timed run after {timing.get('settle_ms', 0):g} ms of untimed runs of the "
         f"same variant; inputs {timing['inputs']}",
-        f"- roofline: numpy sgemm {roof['size']}x{roof['size']} float32 on {threads_text(roof['threads'])} = "
-        f"{roof['gflops']:.1f} GFLOP/s ({roof['blas']})",
+        *_roofline_lines(report.roofline),
         "",
         *table_rows(report),
         "",
@@ -79,6 +103,33 @@ def markdown_report(report: BenchReport) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _where_lines(report: BenchReport) -> list[str]:
+    host = report.host
+    if report.board is None:
+        return [
+            f"- host: {host['cpu']} ({host['machine']}, {host['cores']} cores), {threads_text(host['threads'])} for "
+            f"every runtime (TVM pool: {host['tvm_threads']}), not emulated; {host['date']}"
+        ]
+    board = report.board
+    versions = ", ".join(f"{name} {version}" for name, version in board["versions"].items() if version)
+    emulated = "EMULATED (qemu-user on the host: not hardware timings)" if board["emulated"] else "real hardware"
+    return [
+        f"- board: {board['name']}, {board['cpu']} ({board['machine']}, {board['cores']} cores, {board['os']}), "
+        f"{emulated}; {threads_text(board['threads'])} for every runtime; {board['date']}",
+        f"- on the board: {versions}",
+        f"- host (built the variants, ran the float reference): {host['cpu']} ({host['machine']})",
+    ]
+
+
+def _roofline_lines(roof: dict) -> list[str]:
+    if "gflops" not in roof:
+        return [f"- roofline: {roof.get('note', 'not measured')}"]
+    return [
+        f"- roofline: numpy sgemm {roof['size']}x{roof['size']} float32 on {threads_text(roof['threads'])} = "
+        f"{roof['gflops']:.1f} GFLOP/s ({roof['blas']})"
+    ]
 
 
 def plot_report(report: BenchReport, path: Path) -> None:
@@ -95,7 +146,8 @@ def plot_report(report: BenchReport, path: Path) -> None:
         boxes.boxplot([row.samples_ms for row in measured], showfliers=True)
         boxes.set_xticks(range(1, len(labels) + 1), labels, rotation=25, ha="right")
     boxes.set_ylabel("latency (ms)")
-    boxes.set_title(f"latency, {report.timing['rounds']} interleaved rounds, {threads_text(report.host['threads'])}")
+    runner = runner_facts(report)
+    boxes.set_title(f"latency, {report.timing['rounds']} interleaved rounds, {threads_text(runner['threads'])}")
     for row in measured:
         scatter.scatter([row.latency_ms["median"]], [row.accuracy["min_cosine"]], label=row.label)
     scatter.set_xlabel("median latency (ms)")
@@ -104,5 +156,6 @@ def plot_report(report: BenchReport, path: Path) -> None:
     scatter.grid(True, alpha=0.3)
     if measured:
         scatter.legend(fontsize=8)  # a legend, not labels by the points: close points would overlap
-    figure.suptitle(f"{Path(report.model['path']).name} on {report.host['cpu']}")
+    where = runner["cpu"] + (" (EMULATED board: not hardware timings)" if runner.get("emulated") else "")
+    figure.suptitle(f"{Path(report.model['path']).name} on {where}")
     figure.savefig(path, dpi=100)

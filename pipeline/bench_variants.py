@@ -18,6 +18,7 @@ import numpy as np
 
 from edgetvm.errors import BuildError, last_line
 from edgetvm.pipeline.ingest import ImportedModel
+from edgetvm.pipeline.package import Package
 from edgetvm.pipeline.schemes import QuantScheme
 from edgetvm.targets import TargetPreset
 
@@ -45,6 +46,10 @@ class Variant:
         What was run (artifact directory, quantizer settings), for the report.
     error : str or None
         Why the variant could not be built, loaded or run.
+    time_remote : callable or None
+        For a variant that runs elsewhere (a board): one timed run there, after untimed runs for the settle time
+        it is given in seconds; returns the run's seconds by that machine's clock. The bench then uses it instead
+        of timing ``run`` with the host's clock, which would count the round trip.
     """
 
     runtime: str
@@ -52,6 +57,7 @@ class Variant:
     run: RunFn | None = field(default=None, repr=False)
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    time_remote: Callable[[float], float] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -64,6 +70,46 @@ class Variant:
         return f"{self.runtime} {self.variant}"
 
 
+def edgetvm_packages(
+    imported: ImportedModel,
+    target: TargetPreset,
+    schemes: list[QuantScheme],
+    builds_dir: Path,
+    progress: Progress | None = None,
+    calibration=None,
+    db: str | Path | None = None,
+) -> list[tuple[str, Package | str]]:
+    """Quantize and ``build_package`` into ``builds_dir/NAME`` for every scheme: (name, package or error).
+
+    Static schemes are calibrated with ``calibration`` (a ``CalibrationOptions``), once per scheme. With ``db`` (a
+    tuning database), each scheme also gets a ``SCHEME+tuned`` build with its records. A scheme whose build fails
+    in TVM (``BuildError``) gets its error text; bad input (calibration data included) still raises.
+    """
+    from edgetvm.pipeline.build import build_package
+    from edgetvm.pipeline.calibrate import CalibrationOptions, prepare_calibration, quantization_manifest, ranges_files
+    from edgetvm.pipeline.quantize import quantize
+
+    built: list[tuple[str, Package | str]] = []
+    for scheme in schemes:
+        ranges = None
+        if scheme.activation_mode == "static":
+            scheme, ranges = prepare_calibration(imported, scheme, calibration or CalibrationOptions(), progress)
+        for tuned in [None, db] if db is not None else [None]:
+            name = scheme.name + ("+tuned" if tuned is not None else "")
+            if progress:
+                progress(f"building {imported.path.name} with edgetvm ({name}) for {target.name}")
+            try:
+                module = imported if scheme.is_float else quantize(imported, scheme, calibration=ranges)
+                quantization = quantization_manifest(scheme, ranges)
+                package = build_package(module, target, builds_dir / name, quantization, ranges_files(ranges), db=tuned)
+            except BuildError as err:
+                log.warning("edgetvm %s: %s", name, err)
+                built.append((name, str(err)))
+                continue
+            built.append((name, package))
+    return built
+
+
 def edgetvm_variants(
     imported: ImportedModel,
     target: TargetPreset,
@@ -73,38 +119,13 @@ def edgetvm_variants(
     calibration=None,
     db: str | Path | None = None,
 ) -> list[Variant]:
-    """One variant per scheme: quantize, ``build_package`` into ``builds_dir/SCHEME``, load with ``LocalRunner``.
-
-    Static schemes are calibrated with ``calibration`` (a ``CalibrationOptions``), once per scheme. With ``db`` (a
-    tuning database), each scheme also gets a ``SCHEME+tuned`` variant built with its records. A scheme whose build
-    fails in TVM (``BuildError``) becomes an error row; bad input (calibration data included) still raises.
-    """
-    from edgetvm.pipeline.build import build_package
-    from edgetvm.pipeline.calibrate import CalibrationOptions, prepare_calibration, quantization_manifest, ranges_files
-    from edgetvm.pipeline.quantize import quantize
+    """One variant per scheme: ``edgetvm_packages`` loaded on this host with ``LocalRunner``."""
     from edgetvm.pipeline.run_local import LocalRunner
 
     variants = []
-    calibrated: dict[str, tuple] = {}  # scheme name -> (scheme as calibrated, ranges): once per scheme
-    builds = [(scheme, tuned) for scheme in schemes for tuned in ([None, db] if db is not None else [None])]
-    for scheme, tuned in builds:
-        name = scheme.name + ("+tuned" if tuned is not None else "")
-        if progress:
-            progress(f"building {imported.path.name} with edgetvm ({name}) for {target.name}")
-        directory = builds_dir / name
-        if scheme.name not in calibrated:
-            calibrated[scheme.name] = (scheme, None)
-            if scheme.activation_mode == "static":
-                options = calibration or CalibrationOptions()
-                calibrated[scheme.name] = prepare_calibration(imported, scheme, options, progress)
-        scheme, ranges = calibrated[scheme.name]
-        try:
-            module = imported if scheme.is_float else quantize(imported, scheme, calibration=ranges)
-            quantization = quantization_manifest(scheme, ranges)
-            package = build_package(module, target, directory, quantization, ranges_files(ranges), db=tuned)
-        except BuildError as err:
-            log.warning("edgetvm %s: %s", name, err)
-            variants.append(Variant("edgetvm", name, error=str(err)))
+    for scheme_name, package in edgetvm_packages(imported, target, schemes, builds_dir, progress, calibration, db):
+        if isinstance(package, str):
+            variants.append(Variant("edgetvm", scheme_name, error=package))
             continue
         runner = LocalRunner(package)
         names = [spec.name for spec in package.outputs]
@@ -113,9 +134,62 @@ def edgetvm_variants(
             outputs = runner.run(inputs)
             return [outputs[name] for name in names]
 
-        details = {"artifact": str(directory.relative_to(builds_dir.parent)), "library_sha256": package.library_sha256}
-        variants.append(Variant("edgetvm", name, run, details))
+        variants.append(Variant("edgetvm", scheme_name, run, package_details(package, builds_dir)))
     return variants
+
+
+def package_details(package: Package, builds_dir: Path) -> dict[str, Any]:
+    """What a report says of an edgetvm build: its directory (relative to the report) and library digest."""
+    return {
+        "artifact": str(package.directory.relative_to(builds_dir.parent)),
+        "library_sha256": package.library_sha256,
+    }
+
+
+@dataclass
+class BaselineModel:
+    """A model file that a framework's own runtime runs as a baseline, made on this host.
+
+    ``path`` is None (and ``error`` says why) when the quantizer failed on the model.
+    """
+
+    runtime: str
+    variant: str
+    path: Path | None
+    details: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def baseline_models(
+    model_path: Path,
+    model_format: str,
+    calibration: list[dict[str, np.ndarray]],
+    baselines_dir: Path,
+    progress: Progress | None = None,
+) -> list[BaselineModel]:
+    """The baselines' model files; the first one is the float model itself.
+
+    ONNX: the model, then ``quantize_dynamic`` and ``quantize_static`` (calibrated on ``calibration``) of it,
+    written to ``baselines_dir``. TFLite: the model as it is (``float``, or ``int8`` for an int8 model).
+    """
+    if model_format == "tflite":
+        return [BaselineModel("tflite-runtime", _tflite_variant_name(model_path), model_path)]
+    baselines_dir.mkdir(parents=True, exist_ok=True)
+    models = [BaselineModel("onnxruntime", "float", model_path)]
+    for name, quantizer in (("quantize_dynamic", _quantize_dynamic), ("quantize_static", _quantize_static)):
+        if progress:
+            progress(f"building the onnxruntime {name} baseline")
+        output = baselines_dir / f"{name}.onnx"
+        try:
+            details = quantizer(model_path, output, calibration)
+        except Exception as err:  # ORT's quantizers fail in their own ways (Fail, RuntimeError, KeyError...)
+            log.warning("onnxruntime %s could not be built: %s", name, last_line(err))
+            log.debug("onnxruntime %s", name, exc_info=True)
+            models.append(BaselineModel("onnxruntime", name, None, error=f"{type(err).__name__}: {last_line(err)}"))
+            continue
+        details["model"] = str(output.relative_to(baselines_dir.parent))
+        models.append(BaselineModel("onnxruntime", name, output, details))
+    return models
 
 
 def baseline_variants(
@@ -126,29 +200,25 @@ def baseline_variants(
     baselines_dir: Path,
     progress: Progress | None = None,
 ) -> list[Variant]:
-    """The framework's own runs of the model; the first one is the float reference.
+    """The framework's own runs of the model on this host (``baseline_models``); the first is the float reference.
 
-    ONNX: onnxruntime float, ``quantize_dynamic`` and ``quantize_static`` (calibrated on ``calibration``), all on
-    the CPU provider. TFLite: tflite-runtime on the model as it is (``float``, or ``int8`` for an int8 model).
+    onnxruntime runs on the CPU provider; tflite-runtime with its default delegates.
     """
-    if model_format == "tflite":
-        return [_guarded("tflite-runtime", _tflite_variant_name(model_path), lambda: _open(model_path, threads))]
-    import onnxruntime as ort
+    if model_format == "onnx":
+        import onnxruntime as ort
 
-    ort.set_default_logger_severity(3)  # errors only: ORT warns about every unused initializer of a quantized model
-    baselines_dir.mkdir(parents=True, exist_ok=True)
-    variants = [_guarded("onnxruntime", "float", lambda: _open(model_path, threads))]
-    for name, quantizer in (("quantize_dynamic", _quantize_dynamic), ("quantize_static", _quantize_static)):
-        if progress:
-            progress(f"building the onnxruntime {name} baseline")
-        output = baselines_dir / f"{name}.onnx"
+        ort.set_default_logger_severity(3)  # errors only: ORT warns about every unused initializer of a quantized model
+    variants = []
+    for model in baseline_models(model_path, model_format, calibration, baselines_dir, progress):
+        if model.error is not None:
+            variants.append(Variant(model.runtime, model.variant, error=model.error))
+            continue
 
-        def make(quantizer=quantizer, output=output):
-            details = quantizer(model_path, output, calibration)
-            run, session = _open(output, threads)
-            return run, {**details, **session, "model": str(output.relative_to(baselines_dir.parent))}
+        def make(model=model):
+            run, session = _open(model.path, threads)
+            return run, {**model.details, **session}
 
-        variants.append(_guarded("onnxruntime", name, make))
+        variants.append(_guarded(model.runtime, model.variant, make))
     return variants
 
 

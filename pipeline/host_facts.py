@@ -26,15 +26,20 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
         text = cpuinfo.read_text()
     except OSError:
         return platform.processor() or platform.machine()
+    return cpu_model_in(text) or platform.machine()
+
+
+def cpu_model_in(cpuinfo_text: str) -> str | None:
+    """The CPU's name in the text of a ``/proc/cpuinfo`` (this machine's or a board's), or None."""
     fields: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in cpuinfo_text.splitlines():
         key, sep, value = line.partition(":")
         if sep and value.strip():
             fields.setdefault(key.strip(), value.strip())
     for key in ("model name", "Model", "Hardware", "cpu model"):
         if key in fields:
             return fields[key]
-    return platform.machine()
+    return None
 
 
 def package_versions() -> dict[str, str | None]:

@@ -142,14 +142,23 @@ def test_a_baseline_that_fails_is_an_error_row(tiny_model, tmp_path, monkeypatch
     assert "failed: RuntimeError" in (out / "bench.md").read_text()
 
 
-def test_board_targets_are_refused(tiny_model, tmp_path, capsys):
+def test_an_unknown_board_is_refused_before_any_build(tiny_model, tmp_path, capsys):
+    boards = tmp_path / "boards.toml"
+    boards.write_text('[boards.kitchen-pi]\nhost = "10.0.0.9"\ntarget = "rpi4"\n')
     out = tmp_path / "out"
-    assert main(["bench", str(tiny_model), "--target", "rpi4", "-o", str(out)]) == 2
+    argv = ["bench", str(tiny_model), "--target", "rpi4", "--board", "attic-pi", "--boards", str(boards), "-o"]
+    assert main([*argv, str(out)]) == 4
     err = capsys.readouterr().err.strip()
     assert err == (
-        "edgetvm bench: error: bench --target rpi4: board benchmarks are not supported yet; only this host's "
-        "target runs here (--target x86)"
+        "edgetvm bench: error: board 'attic-pi' is not in the boards file; known boards: kitchen-pi, emulated"
     )
+    assert not out.exists()
+
+
+def test_a_board_needs_a_board_target(tiny_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["bench", str(tiny_model), "--board", "emulated", "-o", str(out)]) == 2
+    assert "--target x86 runs on this host; give a board target" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -136,3 +136,52 @@ def test_cpu_model_from_cpuinfo(tmp_path):
 
 def test_row_label():
     assert BenchRow("edgetvm", "w8a8-dynamic").label == "edgetvm w8a8-dynamic"
+
+
+def _host_reference():
+    return Variant("onnxruntime", "float on the host", _scores, {"where": "host"})
+
+
+def _board_report(emulated: bool):
+    rows = measure_variants(
+        _variants()[:1] + _variants()[4:], INPUTS, ["y"], TimingPlan(1, 3), reference=_host_reference()
+    )
+    add_ratios(rows, flops=2_000_000, sgemm_gflops=None)
+    report = _report(rows)
+    report.roofline = {"model_flops": 2_000_000, "note": "no sgemm roof measured on a board"}
+    report.board = {
+        "name": "emulated" if emulated else "kitchen-pi",
+        "emulated": emulated,
+        "cpu": "Raspberry Pi 4 Model B",
+        "machine": "aarch64",
+        "cores": 4,
+        "os": "Debian GNU/Linux 12 (bookworm)",
+        "threads": 4,
+        "versions": {"tvm": "0.27.0", "onnxruntime": "1.32.0", "tflite-runtime": None},
+        "date": "today",
+    }
+    return report
+
+
+def test_on_a_board_every_row_is_compared_with_the_hosts_float_run():
+    report = _board_report(emulated=False)
+    baseline, edgetvm = report.results
+    assert baseline.accuracy["reference"] == edgetvm.accuracy["reference"] == "onnxruntime float on the host"
+    lines = table_rows(report)
+    assert lines[0].endswith("| accuracy vs onnxruntime float on the host |")
+    assert "reference" not in lines[2] and "cosine 1.000000" in lines[2]  # the board's own float run is measured
+    assert not any("mulated" in line for line in lines)
+
+
+def test_an_emulated_boards_numbers_say_so_everywhere(tmp_path):
+    report = _board_report(emulated=True)
+    caption = table_rows(report)[0]
+    assert caption.startswith("**Emulated board** (Raspberry Pi 4 Model B)") and "qemu-user" in caption
+    text = markdown_report(report)
+    assert "- board: emulated, Raspberry Pi 4 Model B (aarch64, 4 cores" in text
+    assert "EMULATED (qemu-user on the host: not hardware timings)" in text
+    assert "- on the board: tvm 0.27.0, onnxruntime 1.32.0\n" in text
+    assert "- roofline: no sgemm roof measured on a board" in text
+    report.save(tmp_path)
+    assert BenchReport.load(tmp_path).board["emulated"] is True
+    plot_report(report, tmp_path / "bench.png")

@@ -88,3 +88,31 @@ def test_settling_runs_each_variant_untimed_before_its_timed_run():
     # a: untimed runs until 3 ms have passed (3 runs), then the timed one; b: one untimed run (4 ms > 3 ms), then timed
     assert calls == ["a"] * 4 + ["b"] * 2 + ["b"] * 2 + ["a"] * 4
     assert samples == {"a": pytest.approx([1.0, 1.0]), "b": pytest.approx([4.0, 4.0])}
+
+
+def test_a_remote_timer_is_timed_by_its_own_clock_and_settles_itself():
+    from edgetvm.pipeline.bench import RemoteTimer
+
+    clock, calls, settles = FakeClock(), [], []
+    runs = _fake_runs(clock, {"host": 1.0}, calls)
+
+    def board_run(settle_s):
+        settles.append(settle_s)
+        clock.spend(50.0)  # the round trip, which the host's clock would count
+        return 0.004
+
+    runs["board"] = RemoteTimer(board_run)
+    rounds = []
+    samples, errors = time_interleaved(
+        runs, TimingPlan(warmup=1, repeat=3, settle_ms=20.0), clock=clock, progress=rounds.append
+    )
+    assert errors == {}
+    assert samples["board"] == pytest.approx([4.0, 4.0, 4.0])
+    assert settles == [0.02] * 4
+    assert len(samples["host"]) == 3 and all(s == pytest.approx(1.0) for s in samples["host"])
+    assert rounds == [
+        "timing 2 variants interleaved: warm-up round 1/1",
+        "timing 2 variants interleaved: round 1/3",
+        "timing 2 variants interleaved: round 2/3",
+        "timing 2 variants interleaved: round 3/3",
+    ]
