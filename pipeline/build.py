@@ -52,7 +52,10 @@ def export_library(executable, target: TargetPreset, path: Path) -> None:
 def build_package(
     imported: ImportedModel, target: TargetPreset, out_dir: str | Path, quantization: dict | str = "none"
 ) -> Package:
-    """Compile ``imported`` for ``target`` into ``out_dir`` (``model.so`` + ``manifest.json``), atomically."""
+    """Compile ``imported`` for ``target`` into ``out_dir`` (``model.so`` + ``manifest.json``), atomically.
+
+    A model that arrived quantized records its own quantization (``ImportedModel.quantization``) in the manifest.
+    """
     import tvm
 
     target.check_toolchain()
@@ -79,7 +82,7 @@ def build_package(
             "target": target.to_json(),
             "inputs": [spec.to_json() for spec in imported.inputs],
             "outputs": [spec.to_json() for spec in imported.outputs],
-            "quantization": quantization,
+            "quantization": imported.quantization if imported.quantization and quantization == "none" else quantization,
             "schedules": report.to_json(),
             "library": {"file": LIBRARY, "sha256": file_sha256(library), "machine": machine},
         }

@@ -23,7 +23,7 @@ INT8_RANGE = (-128, 127)
 
 def is_scalar(expr: relax.Expr) -> bool:
     """A tensor with one element (rank 0, or every dimension 1)."""
-    info = expr.ty
+    info = getattr(expr, "ty", None)
     if not isinstance(info, relax.TensorType) or info.shape is None:
         return False
     return all(int(d) == 1 for d in info.shape.values)
@@ -74,14 +74,14 @@ def _correction(acc: relax.Expr, zp: relax.Expr | int, weight_sums: np.ndarray) 
     return relax.op.subtract(acc, relax.op.multiply(relax.const(weight_sums.astype(np.int32)), zp))
 
 
-def _pad(x: relax.Expr, padding: tuple[int, int, int, int], zp: relax.Expr | int) -> relax.Expr:
-    """NCHW ``x`` padded (top, left, bottom, right) with ``zp'``."""
+def _pad(x: relax.Expr, size: tuple[int, int], padding: tuple[int, int, int, int], zp: relax.Expr | int) -> relax.Expr:
+    """NCHW ``x`` of spatial ``size`` padded (top, left, bottom, right) with ``zp'``."""
     top, left, bottom, right = padding
     width = [0, 0, 0, 0, top, bottom, left, right]
     if isinstance(zp, int):
         return relax.op.nn.pad(x, width, pad_value=float(zp))
     # Relax pads with a constant only: pad with 0, then add zp' on the border (exact: the border holds 0).
-    height, breadth = (int(d) for d in x.ty.shape.values[2:])
+    height, breadth = size
     border = np.ones((1, 1, height + top + bottom, breadth + left + right), np.int8)
     border[:, :, top : top + height, left : left + breadth] = 0
     zp_i8 = relax.op.astype(zp, "int8")
@@ -103,7 +103,8 @@ def integer_conv2d(
     w = integer_weight(weight, weight_zero_point, 0)
     padding = tuple(int(p) for p in padding)
     if any(padding) and not (isinstance(zp, int) and zp == 0):
-        x_i8, padding = _pad(x_i8, padding, zp), (0, 0, 0, 0)
+        size = tuple(int(d) for d in x.ty.shape.values[2:])
+        x_i8, padding = _pad(x_i8, size, padding, zp), (0, 0, 0, 0)
     data, kernel = _operands(x_i8, w)
     acc = relax.op.nn.conv2d(
         data,
