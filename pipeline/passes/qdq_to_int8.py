@@ -73,14 +73,19 @@ class _Layer:
     w_scale: np.ndarray  # per output channel, shaped to broadcast over the accumulator
     channels: int
 
-    def scale_const(self, extra: float = 1.0) -> tuple[relax.Expr | None, np.ndarray]:
-        """(runtime scalar or None, constant) whose product is ``x_scale * w_scale * extra``."""
-        if isinstance(self.x_scale, float):
-            return None, (self.w_scale * self.x_scale * extra).astype(np.float32)
-        return self.x_scale, (self.w_scale * extra).astype(np.float32)
+    def scale_const(self, divisor: float = 1.0) -> tuple[relax.Expr | None, np.ndarray]:
+        """(runtime scalar or None, constant) whose product is ``x_scale * w_scale / divisor``.
 
-    def scaled(self, acc: relax.Expr, extra: float = 1.0) -> relax.Expr:
-        runtime, constant = self.scale_const(extra)
+        In float32, in onnxruntime's order (``x_scale * w_scale / y_scale``), so that requantized values round
+        the same way.
+        """
+        w_scale, divisor = self.w_scale.astype(np.float32), np.float32(divisor)
+        if isinstance(self.x_scale, float):
+            return None, (np.float32(self.x_scale) * w_scale / divisor).astype(np.float32)
+        return self.x_scale, (w_scale / divisor).astype(np.float32)
+
+    def scaled(self, acc: relax.Expr, divisor: float = 1.0) -> relax.Expr:
+        runtime, constant = self.scale_const(divisor)
         out = relax.op.astype(acc, "float32")
         if runtime is not None:
             out = relax.op.multiply(out, runtime)
@@ -217,7 +222,7 @@ def _requantize(acc, layer: _Layer, float_bias, quantize_call: relax.Call, value
     if ys is None or yzp is None or ys.size != 1 or yzp.size != 1 or dtype not in _QMIN_QMAX:
         return None
     ys, yzp = float(ys.reshape(())), int(yzp.reshape(()))
-    out = layer.scaled(acc, 1.0 / ys)
+    out = layer.scaled(acc, ys)
     if float_bias is not None:
         out = relax.op.add(out, relax.const((float_bias / ys).astype(np.float32)))
     qmin, qmax = _QMIN_QMAX[dtype]
