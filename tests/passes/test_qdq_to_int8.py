@@ -56,7 +56,13 @@ def float_cnn(tmp_path_factory):
 
 
 def _quantized(float_path, kind: str):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     out = float_path.with_name(f"tiny_{kind}.onnx")
     if kind == "dynamic":
