@@ -52,6 +52,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     with _progress(args, f"compiling for {target.name}"):
         package = build_package(imported, target, args.output, scheme.manifest_entry())
     print(f"wrote {package.directory} ({target.name}, {package.manifest['library']['machine']})")
+    if imported.quantization:
+        q = imported.quantization
+        print(f"quantized model ({q['source']}): {q['integer_layers']} integer layer(s), {q['float_layers']} float")
     schedules = package.manifest["schedules"]
     rules = ", ".join(f"{rule} {count}" for rule, count in schedules["rules"].items() if rule != "naive")
     naive = ", ".join(schedules["naive"]) or "none"

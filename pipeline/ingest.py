@@ -34,7 +34,8 @@ class ImportedModel:
     inputs, outputs : list of TensorSpec
         In the order the Relax ``main`` function takes and returns them.
     mod : tvm.IRModule
-        The Relax module (float, parameters bound as constants).
+        The Relax module (float, or with integer layers for a model that arrived quantized; parameters bound as
+        constants).
     input_shapes : dict
         The ``--input-shape`` values that fixed dynamic dimensions (recorded for rebuilding the reference).
     quantization : dict or None

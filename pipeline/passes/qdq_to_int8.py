@@ -55,13 +55,48 @@ class QDQToInt8:
         return updated
 
 
+# Ops that commute with quantization when the scale and zero point stay the same: max_pool2d(dequantize(x)) then
+# quantize is max_pool2d(x) exactly (dequantization is monotonic), a reshape or transpose moves values only.
+_INTEGER_SAFE_OPS = ("relax.nn.max_pool2d", "relax.reshape", "relax.permute_dims")
+
+
+def _round_trip_pattern():
+    dq = is_op("relax.dequantize")(wildcard(), wildcard(), wildcard())
+    moved = dq
+    for op in _INTEGER_SAFE_OPS:
+        moved = moved | is_op(op)(dq, wildcard()) if op == "relax.reshape" else moved | is_op(op)(dq)
+    return is_op("relax.quantize")(moved, wildcard(), wildcard())
+
+
 def _rewrite_function(func: relax.Function) -> relax.Function:
     layer, biased, quantized = _pattern()
     # Widest match first: a layer whose output is quantized becomes one requantizing layer; what is left dequantizes.
     for pattern in (quantized, biased, layer):
         values = relax.analysis.get_var2val(func)
         func = rewrite_call(pattern, lambda call, _m, values=values: _rewrite(call, values), func)
+    # Then int8 flows from layer to layer: quantize(max_pool2d(dequantize(x))), same parameters, is max_pool2d(x).
+    values = relax.analysis.get_var2val(func)
+    func = rewrite_call(_round_trip_pattern(), lambda call, _m: _skip_round_trip(call, values), func)
     return relax.analysis.remove_all_unused(func)
+
+
+def _skip_round_trip(call: relax.Expr, values: dict) -> relax.Expr:
+    """``op(x)`` for ``quantize(op(dequantize(x, s, z)), s, z)`` (``op`` possibly absent), else ``call``."""
+    if not isinstance(call, relax.Call):
+        return call
+    inner = _resolve(call.args[0], values)
+    dq = inner if inner.op.name == "relax.dequantize" else _resolve(inner.args[0], values)
+    if str(dq.args[0].ty.dtype) != str(call.ty.dtype):
+        return call
+    params = [evaluate(arg, values) for arg in (*dq.args[1:], *call.args[1:])]
+    if any(p is None or p.size != 1 for p in params):
+        return call
+    (s_in, z_in, s_out, z_out) = (float(p.reshape(())) for p in params)
+    if s_in != s_out or z_in != z_out:
+        return call
+    if inner is dq:
+        return dq.args[0]
+    return relax.Call(inner.op, [dq.args[0], *inner.args[1:]], inner.attrs)
 
 
 @dataclass
