@@ -44,6 +44,52 @@ def _constant(expr) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, tvm.ir.GenericConst) else None
 
 
+# numpy for the ops TVM's DynamicQuantizeLinear converter writes, to fold a weight quantized in the graph.
+_NUMPY = {
+    "relax.max": lambda x: np.max(x),
+    "relax.min": lambda x: np.min(x),
+    "relax.maximum": np.maximum,
+    "relax.minimum": np.minimum,
+    "relax.subtract": np.subtract,
+    "relax.divide": np.divide,
+    "relax.round": np.rint,
+}
+
+
+def _folded(bb, expr) -> np.ndarray | None:
+    """The value of ``expr`` when it is computed from constants only (a weight that ``quantize_dynamic`` quantizes
+    in the graph with ``DynamicQuantizeLinear``, because the model holds it in a Constant node), else None."""
+    if isinstance(expr, tvm.ir.GenericConst):
+        return expr.value.numpy()
+    if isinstance(expr, relax.Var):
+        value = bb.lookup_binding(expr)
+        return None if value is None else _folded(bb, value)
+    if isinstance(expr, relax.TupleGetItem):
+        inner = expr.tuple_value
+        while isinstance(inner, relax.Var) and bb.lookup_binding(inner) is not None:
+            inner = bb.lookup_binding(inner)
+        return _folded(bb, inner.fields[expr.index]) if isinstance(inner, relax.Tuple) else None
+    if not (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)):
+        return None
+    name = expr.op.name
+    if name == "relax.clip":
+        x = _folded(bb, expr.args[0])
+        return None if x is None else np.clip(x, float(expr.args[1].value), float(expr.args[2].value))
+    args = [_folded(bb, arg) for arg in expr.args]
+    if any(arg is None for arg in args):
+        return None
+    if name == "relax.astype":
+        return args[0].astype(str(expr.attrs.dtype))
+    if name == "relax.quantize":
+        x, scale, zero = args
+        info = np.iinfo(str(expr.attrs.out_dtype))
+        q = np.rint(x / scale.astype(np.float32)) + zero.astype(np.float32)
+        return np.clip(q, info.min, info.max).astype(str(expr.attrs.out_dtype))
+    if name in _NUMPY:
+        return np.asarray(_NUMPY[name](*args)).astype(args[0].dtype)
+    return None
+
+
 def _check_scalar(op: str, name: str, expr) -> None:
     if expr is not None and not integer_ops.is_scalar(expr):
         shape = tuple(int(d) for d in expr.ty.shape.values) if expr.ty.shape is not None else "unknown"
@@ -230,10 +276,10 @@ def _zero_point_value(expr):
     return int(value.reshape(()))
 
 
-def _weight_zero_point(expr) -> np.ndarray | None:
+def _weight_zero_point(bb, expr) -> np.ndarray | None:
     if expr is None:
         return np.zeros(1, np.int32)
-    value = _constant(expr)
+    value = _folded(bb, expr)
     return None if value is None else value.reshape(-1)
 
 
@@ -254,7 +300,7 @@ def _conv_integer(base):
             strides = list(attr.get("strides", [1, 1]))
             dilations = list(attr.get("dilations", [1, 1]))
             group = int(attr.get("group", 1))
-            weight, w_zp = _constant(w), _weight_zero_point(_input(inputs, 3))
+            weight, w_zp = _folded(bb, w), _weight_zero_point(bb, _input(inputs, 3))
             x_zp = _zero_point_value(_input(inputs, 2))
             if weight is not None and w_zp is not None:
                 return integer_ops.integer_conv2d(x, x_zp, weight, w_zp, strides, pads, dilations, group)
@@ -277,7 +323,7 @@ def _matmul_integer(base):
 
         @classmethod
         def _impl_v10(cls, bb, inputs, attr, params):
-            weight, w_zp = _constant(inputs[1]), _weight_zero_point(_input(inputs, 3))
+            weight, w_zp = _folded(bb, inputs[1]), _weight_zero_point(bb, _input(inputs, 3))
             a_zp = _input(inputs, 2)
             if weight is None or weight.ndim != 2 or w_zp is None:
                 return None

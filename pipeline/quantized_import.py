@@ -68,8 +68,8 @@ def describe(mod: tvm.IRModule, source: str) -> dict:
     relax.analysis.post_order_visit(mod["main"], visit)
     if counts["float_layers"]:
         log.warning(
-            "%d conv2d/matmul layer(s) of the quantized model stay in float (a weight computed in the graph, or "
-            "scales the int8 rewrite does not take); %d compute on integers",
+            "%d conv2d/matmul layer(s) of the quantized model stay in float (left in float by its quantizer, a "
+            "weight computed in the graph, or scales the int8 rewrite does not take); %d compute on integers",
             counts["float_layers"],
             counts["integer_layers"],
         )
