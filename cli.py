@@ -62,6 +62,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     with _progress(args, f"compiling for {target.name}"):
         package = build_package(imported, target, args.output, quantization, ranges_files(ranges), db=args.db)
     print(f"wrote {package.directory} ({target.name}, {package.manifest['library']['machine']})")
+    if imported.quantization:
+        q = imported.quantization
+        print(f"quantized model ({q['source']}): {q['integer_layers']} integer layer(s), {q['float_layers']} float")
     if package.manifest.get("tuning"):
         tuning = package.manifest["tuning"]
         untuned = len(tuning["tasks_untuned"])

@@ -103,18 +103,23 @@ class Int8ConvLayout:
         args = [(operand, data.ty.shape, dtype), (relax.const(transposed), transposed.shape, dtype)]
         return self._te_kernel("dense_dot", dense_dot, args, ())
 
+    def _takes(self, data, weight) -> bool:
+        """int8 operands; on x86 also int16 ones (imported quantized layers whose ``w - w_zp`` leaves int8): the
+        x86 kernels hold operands in int16 anyway, and ``vpmaddwd`` pair sums of int16 products cannot overflow."""
+        dtypes = {str(data.ty.dtype), str(weight.ty.dtype)}
+        return dtypes == {"int8"} or (self.widen and dtypes == {"int16"})
+
     def _rewrite(self, call: relax.Call, matches) -> relax.Expr:
         if not isinstance(call, relax.Call):  # the matcher can hand over the variable bound to the call
             return call
         data, weight = call.args
         if call.op.name == "relax.matmul":
-            if data.ty.dtype == "int8" and weight.ty.dtype == "int8" and call.ty.dtype == "int32":
+            if self._takes(data, weight) and call.ty.dtype == "int32":
                 return self._rewrite_matmul(call, data, weight)
             return call
         attrs = call.attrs
         if not (
-            data.ty.dtype == "int8"
-            and weight.ty.dtype == "int8"
+            self._takes(data, weight)
             and str(attrs.kernel_layout) == "HWIO"
             and str(attrs.data_layout) == "NHWC"
             and int(attrs.groups) == 1

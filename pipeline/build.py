@@ -76,6 +76,7 @@ def build_package(
 
     ``extra_files`` (name -> text) are written beside them, e.g. the calibration ranges of a static scheme.
     ``db``: a tuning database directory (``edgetvm tune --db``) whose records schedule the functions they cover.
+    A model that arrived quantized records its own quantization (``ImportedModel.quantization``) in the manifest.
     """
     import tvm
 
@@ -109,7 +110,7 @@ def build_package(
             "target": target.to_json(),
             "inputs": [spec.to_json() for spec in imported.inputs],
             "outputs": [spec.to_json() for spec in imported.outputs],
-            "quantization": quantization,
+            "quantization": imported.quantization if imported.quantization and quantization == "none" else quantization,
             "schedules": report.to_json(),
             "tuning": tuned.to_json() if tuned is not None else None,
             "library": {"file": LIBRARY, "sha256": file_sha256(library), "machine": machine},

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetvm.errors import ModelError, last_line
-from edgetvm.pipeline import onnx_converters, onnx_static_shapes
+from edgetvm.pipeline import onnx_converters, onnx_qoperators, onnx_static_shapes, quantized_import
 from edgetvm.pipeline.tensor_spec import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,13 @@ class ImportedModel:
     inputs, outputs : list of TensorSpec
         In the order the Relax ``main`` function takes and returns them.
     mod : tvm.IRModule
-        The Relax module (float, parameters bound as constants).
+        The Relax module (float, or with integer layers for a model that arrived quantized; parameters bound as
+        constants).
     input_shapes : dict
         The ``--input-shape`` values that fixed dynamic dimensions (recorded for rebuilding the reference).
+    quantization : dict or None
+        For a model that arrives quantized (ONNX QDQ or QOperator ops): where its quantization comes from and
+        how many conv2d / matmul layers compute on integers (``quantized_import.describe``); None otherwise.
     """
 
     path: Path
@@ -46,6 +50,7 @@ class ImportedModel:
     outputs: list[TensorSpec]
     mod: object
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    quantization: dict | None = None
 
 
 def file_sha256(path: Path) -> str:
@@ -103,9 +108,9 @@ def load_model(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None
     fmt = detect_format(path)
     shapes = dict(input_shapes or {})
     loader = _load_onnx if fmt == "onnx" else _load_tflite
-    mod, inputs, output_names = loader(path, dict(shapes))
+    mod, inputs, output_names, quantization = loader(path, dict(shapes))
     outputs = _output_specs(mod, output_names)
-    return ImportedModel(path, file_sha256(path), fmt, inputs, outputs, mod, shapes)
+    return ImportedModel(path, file_sha256(path), fmt, inputs, outputs, mod, shapes, quantization)
 
 
 def _read_onnx(path: Path):
@@ -132,6 +137,8 @@ def unsupported_onnx_ops(model) -> Counter:
     supported = onnx_converters.supported_ops()
     missing: Counter = Counter()
     for node in model.graph.node:
+        if node.domain == "com.microsoft" and node.op_type in onnx_qoperators.MICROSOFT_OPS:
+            continue
         if node.domain not in ("", "ai.onnx"):
             missing[f"{node.domain}::{node.op_type}"] += 1
         elif node.op_type not in supported:
@@ -168,7 +175,12 @@ def _load_onnx(path: Path, shapes: dict[str, tuple[int, ...]]):
             mod = from_onnx(model, dtype_dict={s.name: s.dtype for s in inputs}, keep_params_in_input=False)
     except Exception as err:  # TVM raises TVMError, TypeError, ValueError... from inside converters
         raise ModelError(f"model {path}: TVM's ONNX importer failed: {last_line(err)}") from err
-    return mod, inputs, [out.name for out in model.graph.output]
+    source = quantized_import.quantization_source(model)
+    quantization = None
+    if source is not None:
+        mod = quantized_import.to_int8(mod, path)
+        quantization = quantized_import.describe(mod, source)
+    return mod, inputs, [out.name for out in model.graph.output], quantization
 
 
 def onnx_to_numpy_dtype(elem_type: int):
@@ -215,7 +227,7 @@ def _load_tflite(path: Path, shapes: dict[str, tuple[int, ...]]):
         )
     except Exception as err:  # TVM raises many kinds from inside converters
         raise ModelError(f"model {path}: TVM's TFLite importer failed: {last_line(err)}") from err
-    return mod, inputs, [d["name"] for d in interpreter.get_output_details()]
+    return mod, inputs, [d["name"] for d in interpreter.get_output_details()], None
 
 
 def verified_tflite(buf: bytes, path: Path):

@@ -61,7 +61,9 @@ def _clip_converter():
 
 
 def _overrides() -> dict:
-    return {"Clip": _clip_converter()}
+    from edgetvm.pipeline import onnx_qoperators
+
+    return {"Clip": _clip_converter(), **onnx_qoperators.converters()}
 
 
 @contextlib.contextmanager

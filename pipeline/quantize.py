@@ -86,10 +86,16 @@ def quantize(
     Raises
     ------
     InputError
-        When the scheme is registered but has no pass pipeline yet, or a static scheme has no calibration.
+        When the scheme is registered but has no pass pipeline yet, a static scheme has no calibration, or the
+        model arrived quantized.
     BuildError
         When a pass fails on the module.
     """
+    if imported.quantization and not scheme.is_float:
+        raise InputError(
+            f"model {imported.path} is already quantized ({imported.quantization['source']}); "
+            f"compile it with --quantize none, or give its float model to --quantize {scheme.name}"
+        )
     if scheme.name not in PIPELINES:
         raise InputError(
             f"quantization scheme {scheme.name!r} has no pass pipeline yet; implemented: {', '.join(PIPELINES)}"
