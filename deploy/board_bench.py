@@ -29,7 +29,7 @@ from edgetvm.deploy.measure import EMULATED_NOTE, board_for_target
 from edgetvm.deploy.rpc_session import BoardSession
 from edgetvm.deploy.ssh import SSHConnection, quote
 from edgetvm.errors import InputError, last_line
-from edgetvm.pipeline.bench import REPORT, BenchOptions, BenchReport, add_ratios, measure_variants
+from edgetvm.pipeline.bench import REPORT, BenchOptions, BenchReport, add_ratios, measure_variants, model_facts
 from edgetvm.pipeline.bench_variants import BaselineModel, Variant, package_details
 from edgetvm.pipeline.package import Package, check_replaceable, staging_directory
 
@@ -285,16 +285,7 @@ def _report(imported, target, options: BenchOptions, rows, board: dict, threads:
     if not rows or rows[0].latency_ms is None:
         log.warning("the baseline %s has no latency: the report has no ratios", rows[0].label if rows else "row")
     return BenchReport(
-        model={
-            "path": str(imported.path.resolve()),
-            "sha256": imported.sha256,
-            "format": imported.format,
-            "input_shapes": {name: list(shape) for name, shape in imported.input_shapes.items()},
-            "inputs": [spec.to_json() for spec in imported.inputs],
-            "outputs": [spec.to_json() for spec in imported.outputs],
-            "flops": flops,
-            "flops_counted": "2 x multiply-accumulates of conv/matmul in the imported Relax module",
-        },
+        model=model_facts(imported, flops),
         target=target.name,
         baseline={"runtime": rows[0].runtime, "variant": rows[0].variant},
         host={**host_facts(threads), "role": "built the variants and ran the float reference; timed nothing"},

@@ -364,16 +364,7 @@ def _report(imported, target, options: BenchOptions, rows, threads: int, tvm_thr
     sgemm = measure_sgemm(threads)
     add_ratios(rows, flops, sgemm.gflops)
     return BenchReport(
-        model={
-            "path": str(imported.path.resolve()),
-            "sha256": imported.sha256,
-            "format": imported.format,
-            "input_shapes": {name: list(shape) for name, shape in imported.input_shapes.items()},
-            "inputs": [spec.to_json() for spec in imported.inputs],
-            "outputs": [spec.to_json() for spec in imported.outputs],
-            "flops": flops,
-            "flops_counted": "2 x multiply-accumulates of conv/matmul in the imported Relax module",
-        },
+        model=model_facts(imported, flops),
         target=target.name,
         baseline={"runtime": rows[0].runtime, "variant": rows[0].variant},
         host=host_facts(threads, tvm_threads),
@@ -397,3 +388,17 @@ def _render(report: BenchReport, directory: Path) -> None:
 
     (directory / "bench.md").write_text(markdown_report(report))
     plot_report(report, directory / "bench.png")
+
+
+def model_facts(imported, flops: int) -> dict[str, Any]:
+    """A bench report's ``model``: the file, its inputs and outputs, and the FLOPs the ratios count."""
+    return {
+        "path": str(imported.path.resolve()),
+        "sha256": imported.sha256,
+        "format": imported.format,
+        "input_shapes": {name: list(shape) for name, shape in imported.input_shapes.items()},
+        "inputs": [spec.to_json() for spec in imported.inputs],
+        "outputs": [spec.to_json() for spec in imported.outputs],
+        "flops": flops,
+        "flops_counted": "2 x multiply-accumulates of conv/matmul in the imported Relax module",
+    }
