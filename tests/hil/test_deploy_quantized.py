@@ -32,3 +32,36 @@ def test_quantized_mnist_on_the_board(emulated_board, tmp_path, scheme):
     assert output["max_abs_error"] > 1e-4  # the int8 layers ran, not a float build
     with np.load(report_path.with_suffix(".outputs.npz")) as outputs:
         assert int(outputs["logits"].argmax()) == int(labels[0])
+
+
+def test_onnxruntime_quantized_mnist_on_the_board(emulated_board, tmp_path):
+    """A QDQ model from onnxruntime's quantize_static keeps its own scales: built for rpi4, run on the board, it
+    agrees with onnxruntime running the same quantized model on the host."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from edgetvm.pipeline.bench_variants import _quantizer_warnings_to_debug
+    from edgetvm.pipeline.trained_models import load_calibration_set
+
+    batches = iter([{"image": image[None]} for image in load_calibration_set("mnist-cnn")[:32]])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(batches, None)
+
+    model = tmp_path / "mnist-qdq.onnx"
+    with _quantizer_warnings_to_debug():
+        quantize_static(trained_model_path("mnist-cnn"), model, Reader(), quant_format=QuantFormat.QDQ)
+    artifact = tmp_path / "artifact"
+    assert main(["-q", "compile", str(model), "-t", "rpi4", "-o", str(artifact)]) == 0
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["quantization"]["source"] == "onnx-qdq" and manifest["quantization"]["integer_layers"] >= 3
+    images, labels = load_eval_set("mnist-cnn")
+    inputs = tmp_path / "digit.npz"
+    np.savez(inputs, image=images[:1])
+    report_path = tmp_path / "report.json"
+    argv = ["-q", "deploy", str(artifact), "--board", "emulated", "--repeat", "2", "--inputs", str(inputs)]
+    assert main([*argv, "--reference", str(model), "-o", str(report_path)]) == 0
+    (output,) = json.loads(report_path.read_text())["accuracy"]["outputs"]
+    assert output["top1_agreement"] == 1.0 and output["cosine"] > MIN_COSINE, output
+    with np.load(report_path.with_suffix(".outputs.npz")) as outputs:
+        assert int(outputs["logits"].argmax()) == int(labels[0])
