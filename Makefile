@@ -59,7 +59,7 @@ test-fast: setup
 	$(PY) -m pytest tests -m 'not hil'
 
 # The benchmark suite on this host: BlazeFace, the PP-OCR classifier and the trained CNN, edgetvm (none,
-# w8a8-dynamic) against onnxruntime / tflite-runtime; writes bench/results/ and prints the tables.
+# w8a8-static, w8a8-dynamic) against onnxruntime / tflite-runtime; writes bench/results/ and prints the tables.
 # BENCH_ARGS="--repeat 20 --models ppocr-cls" narrows it; BENCH_ARGS="--tune-trials 256" tunes each model first
 # (bench/results/tuning-db, continued by later runs) and adds the tuned builds side by side.
 bench: setup
