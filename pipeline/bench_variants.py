@@ -94,13 +94,18 @@ def edgetvm_packages(
         ranges = None
         if scheme.activation_mode == "static":
             scheme, ranges = prepare_calibration(imported, scheme, calibration or CalibrationOptions(), progress)
-        for tuned in [None, db] if db is not None else [None]:
-            name = scheme.name + ("+tuned" if tuned is not None else "")
+        builds = [(scheme.name, None)] + ([(f"{scheme.name}+tuned", db)] if db is not None else [])
+        try:  # once per scheme: the +tuned build compiles the same quantized module
+            module = imported if scheme.is_float else quantize(imported, scheme, calibration=ranges)
+        except BuildError as err:
+            log.warning("edgetvm %s: %s", scheme.name, err)
+            built += [(name, str(err)) for name, _ in builds]
+            continue
+        quantization = quantization_manifest(scheme, ranges)
+        for name, tuned in builds:
             if progress:
                 progress(f"building {imported.path.name} with edgetvm ({name}) for {target.name}")
             try:
-                module = imported if scheme.is_float else quantize(imported, scheme, calibration=ranges)
-                quantization = quantization_manifest(scheme, ranges)
                 package = build_package(module, target, builds_dir / name, quantization, ranges_files(ranges), db=tuned)
             except BuildError as err:
                 log.warning("edgetvm %s: %s", name, err)

@@ -154,7 +154,8 @@ def collect(imported: ImportedModel, data: CalibrationData, progress: Progress |
     count = 0
     for sample in data:
         args = [tvm.runtime.tensor(sample[spec.name]) for spec in imported.inputs]
-        exposed = vm["main"](*args)[1]
+        result = vm["main"](*args)
+        exposed = [result[i] for i in range(len(result) - len(keys), len(result))]
         for key, tensor in zip(keys, exposed, strict=True):
             stats[key].update(tensor.numpy())
         count += 1
@@ -214,28 +215,22 @@ def _with_mod(imported: ImportedModel, mod) -> ImportedModel:
 
 
 def _expose_layer_inputs(mod) -> tuple[list[str], object]:
-    """The layer keys and ``mod`` whose ``main`` returns ``(original result, (input of each layer...))``.
+    """The layer keys and ``mod`` with every layer's input exposed (``ExposeLayerOutputs(with_inputs=True)``: the
+    inputs are the last ``len(keys)`` results of ``main``).
 
     Constants are folded first, as the quantization pipelines do before keying layers, so that a weight written
     as ``permute_dims(constant)`` is a layer here too.
     """
-    import tvm
     from tvm import relax
 
-    from edgetvm.pipeline.passes.quant_layers import rewrite_layers
+    from edgetvm.pipeline.passes.expose_layer_outputs import ExposeLayerOutputs
+    from edgetvm.pipeline.passes.quant_layers import quant_layers
 
-    mod = relax.transform.ToNonDataflow()(relax.transform.FoldConstant()(mod))
-    func = mod["main"]
-    found: list[tuple[str, relax.Expr]] = []
-    rewrite_layers(func, lambda call, key: found.append((key, call.args[0])) or call)
-    if not found:
+    mod = relax.transform.FoldConstant()(mod)
+    keys = [layer.key for layer in quant_layers(mod)]
+    if not keys:
         raise InputError("calibration: the model has no conv2d or matmul with constant weights to quantize")
-    body = func.body
-    exposed = relax.BlockBuilder().normalize(relax.Tuple([body.body, relax.Tuple([data for _, data in found])]))
-    new_func = relax.Function(func.params, relax.SeqExpr(body.blocks, exposed), exposed.ty, attrs=func.attrs)
-    updated = mod.clone()
-    updated["main"] = new_func
-    return [key for key, _ in found], relax.transform.Normalize()(tvm.ir.IRModule(dict(updated.functions_items())))
+    return keys, ExposeLayerOutputs(with_inputs=True)(mod)
 
 
 @dataclass(frozen=True)
