@@ -152,7 +152,9 @@ def schedule_elementwise(sch: s_tir.Schedule, block, facts: CPUFacts, dtype: str
         return
     lanes = facts.lanes(dtype)
     inner = _extent(sch, loops[-1]) or 0
-    if inner > lanes and inner % lanes == 0:
+    if inner > lanes and inner % lanes:
+        lanes = vector_width(inner, lanes)  # 200 int8 channels: 8-byte vectors rather than scalar code
+    if inner > lanes > 1 and inner % lanes == 0:
         outer, vec = sch.split(loops[-1], [None, lanes])
         loops = [*loops[:-1], outer]
         sch.vectorize(vec)

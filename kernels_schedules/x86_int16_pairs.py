@@ -71,11 +71,13 @@ def _pmaddwd_impl(
     with T.sblock("root"):
         T.reads(C[0:8], A[0:2], B[0:8, 0:2])
         T.writes(C[0:8])
-        pair = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
-        activations = T.reinterpret(T.broadcast(pair, 8), dtype="int16x16")
-        weights = B.vload([0, 0], dtype="int16x16")
+        # One expression: TVMScript turns a named intermediate into a local buffer, which TVM allocates with
+        # TVMBackendAllocWorkspace, a call per tile.
         C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), activations, weights, dtype="int32x8"
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int16x2"), dtype="int32"), 8), dtype="int16x16"),
+            B.vload([0, 0], dtype="int16x16"),
+            dtype="int32x8",
         )
 
 
