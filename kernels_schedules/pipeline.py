@@ -9,6 +9,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from edgetvm.kernels_schedules.apply_schedules import ApplyCPUSchedules, ScheduleReport
 from edgetvm.kernels_schedules.clip_to_min_max import ClipToMinMax
 from edgetvm.kernels_schedules.cpu_rules import CPUFacts
+from edgetvm.kernels_schedules.fold_affine import FoldAffine
 from edgetvm.kernels_schedules.int8_conv_layout import Int8ConvLayout
 
 # Output channels innermost in activations and weights: what the register-tiled kernels vectorise over.
@@ -19,6 +20,8 @@ def layout_passes(target: tvm.target.Target) -> list:
     return [
         relax.transform.DecomposeOpsForInference(),
         ClipToMinMax(),
+        relax.transform.FoldConstant(),  # batch norm's sqrt(var + eps) becomes the constant FoldAffine needs
+        FoldAffine(),
         relax.transform.ConvertLayout(CONV_LAYOUTS),
         relax.transform.FoldConstant(),
         Int8ConvLayout(widen=CPUFacts.of(target).is_x86),
