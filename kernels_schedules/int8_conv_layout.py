@@ -82,15 +82,15 @@ class Int8ConvLayout:
         gvar, out_shape, out_dtype = self._kernels[key]
         return relax.call_tir(gvar, [expr for expr, _, _ in args], relax.TensorType(out_shape, out_dtype))
 
-    def _pair_kernel(self, data, packed: np.ndarray, attrs) -> relax.Expr:
+    def _pair_kernel(self, data, packed: np.ndarray, attrs, out_channels: int) -> relax.Expr:
         """The x86 pair kernel (``x86_int16_pairs``)."""
         strides = tuple(int(s) for s in attrs.strides)
         padding = tuple(int(p) for p in attrs.padding)
         return self._te_kernel(
             "conv2d_int16_pairs",
-            lambda x, w: pair_conv2d(x, w, strides, padding),
+            lambda x, w: pair_conv2d(x, w, strides, padding, out_channels),
             [(relax.op.astype(data, "int16"), data.ty.shape, "int16"), (relax.const(packed), packed.shape, "int16")],
-            (strides, padding),
+            (strides, padding, out_channels),
         )
 
     def _rewrite_matmul(self, call: relax.Call, data, weight) -> relax.Expr:
@@ -131,12 +131,15 @@ class Int8ConvLayout:
         if (
             self.widen
             and in_channels % 2 == 0
-            and out_channels % LANES == 0
             and all(int(d) == 1 for d in attrs.dilation)
             and str(attrs.out_dtype) == "int32"
         ):
-            packed = hwio.reshape(kh, kw, in_channels // 2, 2, out_channels).transpose(0, 1, 2, 4, 3)
-            return self._pair_kernel(data, np.ascontiguousarray(packed).astype(np.int16), attrs)
+            # Output channels padded with zero weights to whole ymm registers (BlazeFace's 28, 36, 42): the
+            # padded lanes cost less than the dot form's horizontal sums.
+            padded = -(-out_channels // LANES) * LANES
+            hwio = np.concatenate([hwio, np.zeros((kh, kw, in_channels, padded - out_channels), hwio.dtype)], axis=3)
+            packed = hwio.reshape(kh, kw, in_channels // 2, 2, padded).transpose(0, 1, 2, 4, 3)
+            return self._pair_kernel(data, np.ascontiguousarray(packed).astype(np.int16), attrs, out_channels)
         ohwi = np.ascontiguousarray(hwio.transpose(3, 0, 1, 2))
         if self.widen:
             data = relax.op.astype(data, "int16")

@@ -12,6 +12,7 @@ horizontal sums. Weights are packed at compile time as ``[KH, KW, IC/2, OC, 2]``
 
 from __future__ import annotations
 
+import tvm
 from tvm import te, topi
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
@@ -21,8 +22,13 @@ PMADDWD_8x2 = "edgetvm_avx2_pmaddwd_8x2"
 LANES = 8  # int32 accumulators in one ymm register
 
 
-def pair_conv2d(data: te.Tensor, packed: te.Tensor, strides, padding) -> te.Tensor:
-    """NHWC int16 ``data`` x ``[KH, KW, IC/2, OC, 2]`` int16 ``packed`` -> NHWC int32."""
+def pair_conv2d(data: te.Tensor, packed: te.Tensor, strides, padding, out_channels: int | None = None) -> te.Tensor:
+    """NHWC int16 ``data`` x ``[KH, KW, IC/2, OC, 2]`` int16 ``packed`` -> NHWC int32.
+
+    ``out_channels`` below the packed OC (weights padded with zero channels to whole registers): the kernel
+    computes the padded channels and the result keeps the first ``out_channels``.
+    """
+    keep = out_channels
     n, height, width, _ = data.shape
     kh, kw, pairs, out_channels, _ = packed.shape
     top, left, bottom, right = (int(p) for p in padding)
@@ -34,7 +40,7 @@ def pair_conv2d(data: te.Tensor, packed: te.Tensor, strides, padding) -> te.Tens
     rx = te.reduce_axis((0, kw), "rx")
     rc = te.reduce_axis((0, pairs), "rc")
     rk = te.reduce_axis((0, 2), "rk")
-    return te.compute(
+    conv = te.compute(
         (n, out_h, out_w, out_channels),
         lambda b, y, x, o: te.sum(
             padded[b, y * sh + ry, x * sw + rx, rc * 2 + rk].astype("int32")
@@ -44,6 +50,10 @@ def pair_conv2d(data: te.Tensor, packed: te.Tensor, strides, padding) -> te.Tens
         name="conv2d_nhwc_pairs",
         attrs={"edgetvm.kernel": PAIR_KERNEL},
     )
+    if keep is None or keep == int(out_channels):
+        return conv
+    channels = tvm.tirx.const(keep, "int64")  # as LegalizeOps writes extents: FuseTIR matches buffers exactly
+    return te.compute((n, out_h, out_w, channels), lambda b, y, x, o: conv[b, y, x, o], name="conv2d_nhwc_pairs_crop")
 
 
 @T.prim_func(s_tir=True)

@@ -60,8 +60,9 @@ def _run(mod: tvm.IRModule, x: np.ndarray) -> np.ndarray:
 
 
 def _quantize_activation(x: np.ndarray) -> tuple[np.ndarray, np.float32]:
-    scale = np.float32(max(np.abs(x).max(), EPSILON)) / np.float32(127)
-    return np.clip(np.round(x / scale), -127, 127).astype(np.int64), scale
+    max_abs = np.float32(max(np.abs(x).max(), EPSILON))
+    scale = max_abs / np.float32(127)
+    return np.clip(np.round(x * (np.float32(127) / max_abs)), -127, 127).astype(np.int64), scale
 
 
 def _conv2d_nchw(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
