@@ -18,8 +18,9 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+from tvm.relax.dpl import is_const, is_op, wildcard
 
+from edgetvm.kernels_schedules.te_kernels import TEKernelRewriter
 from edgetvm.kernels_schedules.x86_int16_pairs import LANES, pair_conv2d
 
 # Below this many input channels (a network's first layer: 3) the dot loops are too short to vectorise and
@@ -42,51 +43,19 @@ def dense_dot(data, weight_nk):
 
 
 @tvm.transform.module_pass(opt_level=0, name="Int8ConvLayout")
-class Int8ConvLayout:
+class Int8ConvLayout(TEKernelRewriter):
     """``widen``: hold int8 operands in int16 (x86)."""
+
+    pattern = _PATTERN
 
     def __init__(self, widen: bool):
         self.widen = widen
-
-    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        self._kernels: dict[tuple, tuple] = {}
-        self._builder = relax.BlockBuilder(mod.clone())  # adds the kernels' PrimFuncs with typed GlobalVars
-        rewritten = {
-            gvar: rewrite_call(_PATTERN, self._rewrite, func)
-            for gvar, func in mod.functions_items()
-            if isinstance(func, relax.Function)
-        }
-        updated = self._builder.get()
-        for gvar, func in rewritten.items():
-            updated[gvar] = func
-        return updated
-
-    def _te_kernel(self, name: str, compute, args: list[tuple[relax.Expr, tuple, str]], key: tuple) -> relax.Expr:
-        """``call_tir`` of the TE ``compute(*placeholders)`` over ``args`` (expression, shape, dtype), one PrimFunc
-        per distinct ``key``."""
-        from tvm import te
-
-        shapes = [tuple(int(d) for d in shape) for _, shape, _ in args]
-        dtypes = [dtype for _, _, dtype in args]
-        key = (name, *shapes, *key)
-        if key not in self._kernels:
-            # int64 extents, as LegalizeOps writes them: FuseTIR requires a tensor's buffers to agree exactly.
-            placeholders = [
-                te.placeholder([tvm.tirx.const(d, "int64") for d in shape], dtype, name=f"arg{i}")
-                for i, (shape, dtype) in enumerate(zip(shapes, dtypes, strict=True))
-            ]
-            out = compute(*placeholders)
-            func = te.create_prim_func([*placeholders, out]).with_attr("op_pattern", 4)  # kOutEWiseFusable
-            gvar = self._builder.add_func(func, f"{name}{len(self._kernels)}")
-            self._kernels[key] = (gvar, [int(d) for d in out.shape], str(out.dtype))
-        gvar, out_shape, out_dtype = self._kernels[key]
-        return relax.call_tir(gvar, [expr for expr, _, _ in args], relax.TensorType(out_shape, out_dtype))
 
     def _pair_kernel(self, data, packed: np.ndarray, attrs, out_channels: int) -> relax.Expr:
         """The x86 pair kernel (``x86_int16_pairs``)."""
         strides = tuple(int(s) for s in attrs.strides)
         padding = tuple(int(p) for p in attrs.padding)
-        return self._te_kernel(
+        return self.te_kernel(
             "conv2d_int16_pairs",
             lambda x, w: pair_conv2d(x, w, strides, padding, out_channels),
             [(relax.op.astype(data, "int16"), data.ty.shape, "int16"), (relax.const(packed), packed.shape, "int16")],
@@ -101,7 +70,7 @@ class Int8ConvLayout:
         transposed = np.ascontiguousarray(weight.value.numpy().T).astype(dtype)
         operand = relax.op.astype(data, dtype) if self.widen else data
         args = [(operand, data.ty.shape, dtype), (relax.const(transposed), transposed.shape, dtype)]
-        return self._te_kernel("dense_dot", dense_dot, args, ())
+        return self.te_kernel("dense_dot", dense_dot, args, ())
 
     def _takes(self, data, weight) -> bool:
         """int8 operands; on x86 also int16 ones (imported quantized layers whose ``w - w_zp`` leaves int8): the
@@ -109,7 +78,7 @@ class Int8ConvLayout:
         dtypes = {str(data.ty.dtype), str(weight.ty.dtype)}
         return dtypes == {"int8"} or (self.widen and dtypes == {"int16"})
 
-    def _rewrite(self, call: relax.Call, matches) -> relax.Expr:
+    def rewrite(self, call: relax.Call, matches) -> relax.Expr:
         if not isinstance(call, relax.Call):  # the matcher can hand over the variable bound to the call
             return call
         data, weight = call.args

@@ -11,6 +11,7 @@ from edgetvm.kernels_schedules.clip_to_min_max import ClipToMinMax
 from edgetvm.kernels_schedules.cpu_rules import CPUFacts
 from edgetvm.kernels_schedules.fold_affine import FoldAffine
 from edgetvm.kernels_schedules.int8_conv_layout import Int8ConvLayout
+from edgetvm.kernels_schedules.pad_conv_channels import PadConvChannels
 
 # Output channels innermost in activations and weights: what the register-tiled kernels vectorise over.
 CONV_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "HWIO"]}
@@ -25,6 +26,7 @@ def layout_passes(target: tvm.target.Target) -> list:
         relax.transform.ConvertLayout(CONV_LAYOUTS),
         relax.transform.FoldConstant(),
         Int8ConvLayout(widen=CPUFacts.of(target).is_x86),
+        PadConvChannels(lanes=CPUFacts.of(target).lanes("float32")),
     ]
 
 

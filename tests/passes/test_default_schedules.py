@@ -65,6 +65,8 @@ CONVS = {
     "conv3x3-stride2": ((1, 3, 33, 33), 24, 3, 2, 1),
     "conv1x1": ((1, 24, 14, 14), 40, 1, 1, 1),
     "conv1x1-odd-channels": ((1, 12, 9, 9), 28, 1, 1, 1),
+    "conv1x1-42-channels": ((1, 36, 12, 12), 42, 1, 1, 1),
+    "conv3x3-stride2-36-channels": ((1, 24, 15, 15), 36, 3, 2, 1),
     "conv5x5": ((1, 8, 16, 16), 16, 5, 1, 1),
     "depthwise3x3": ((1, 32, 18, 18), 32, 3, 1, 32),
     "depthwise3x3-stride2": ((1, 24, 17, 17), 24, 3, 2, 24),
@@ -90,6 +92,16 @@ def test_conv2d_with_epilogue_matches_numpy(name):
     conv_functions = {n: r for n, r in report.functions.items() if "conv2d" in n}
     assert conv_functions and set(conv_functions.values()) == {"reduction-tile"}, report.functions
     assert not report.naive()
+
+
+@pytest.mark.parametrize("out_c, padded", [(42, True), (28, True), (32, False), (6, False)])
+def test_output_channels_are_padded_to_whole_vectors(out_c, padded):
+    w = RNG.standard_normal((out_c, 16, 1, 1)).astype("float32")
+    x = RNG.standard_normal((1, 16, 6, 6)).astype("float32")
+    actual, report = _run(_module(x.shape, lambda v: relax.op.nn.conv2d(v, _const(w))), x)
+    np.testing.assert_allclose(actual, np_conv2d(x, w, 1, 0), rtol=1e-4, atol=1e-4)
+    names = [n for n in report.functions if "conv2d" in n]
+    assert any("padded_channels" in n for n in names) == padded, names
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 256, 1000), (8, 64, 30), (1, 200, 2)])
