@@ -80,6 +80,16 @@ def tracker(free_port):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:  # until it listens (importing tvm takes seconds)
+        try:
+            socket.create_connection(("127.0.0.1", free_port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise AssertionError(f"the RPC tracker did not listen on 127.0.0.1:{free_port} (exit code {proc.poll()})")
     yield f"127.0.0.1:{free_port}"
     proc.terminate()
     proc.wait(timeout=10)
