@@ -440,9 +440,14 @@ def _add_tune_command(sub) -> None:
     _add_calibration_options(p)
     p.add_argument("--trials", type=int, required=True, help="measured candidates in this run, all tasks together")
     p.add_argument("--db", required=True, metavar="DIR", help="tuning database directory (created, or continued)")
-    p.add_argument("--population", type=int, default=64, help="evolutionary search population per task (default 64)")
     p.add_argument(
-        "--trials-per-iter", type=int, help="candidates measured per search iteration (default 16, at most --trials)"
+        "--population", type=int, default=64, metavar="N", help="evolutionary search population per task (default 64)"
+    )
+    p.add_argument(
+        "--trials-per-iter",
+        type=int,
+        metavar="N",
+        help="candidates measured per search iteration (default 16, at most --trials)",
     )
     p.add_argument("--board", help="board to measure on (ARM targets; default: the first for the target)")
     p.add_argument("--boards", help="boards.toml (default: $EDGETVM_BOARDS or ~/.config/edgetvm/boards.toml)")
