@@ -440,6 +440,15 @@ def _add_tune_command(sub) -> None:
     _add_calibration_options(p)
     p.add_argument("--trials", type=int, required=True, help="measured candidates in this run, all tasks together")
     p.add_argument("--db", required=True, metavar="DIR", help="tuning database directory (created, or continued)")
+    p.add_argument(
+        "--population", type=int, default=64, metavar="N", help="evolutionary search population per task (default 64)"
+    )
+    p.add_argument(
+        "--trials-per-iter",
+        type=int,
+        metavar="N",
+        help="candidates measured per search iteration (default 16, at most --trials)",
+    )
     p.add_argument("--board", help="board to measure on (ARM targets; default: the first for the target)")
     p.add_argument("--boards", help="boards.toml (default: $EDGETVM_BOARDS or ~/.config/edgetvm/boards.toml)")
     p.add_argument("--trust-new-host", action="store_true", help="accept and record an unknown SSH host key")
@@ -461,7 +470,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     target = resolve_target(args.target)
     target.check_toolchain()
-    options = TuneOptions(args.trials, Path(args.db))
+    options = TuneOptions(args.trials, Path(args.db), args.trials_per_iter, args.population)
     scheme = get_scheme(args.quantize)
     with _progress(args, f"importing {args.model}"):
         imported = load_model(args.model, parse_shape_option(args.input_shape))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 SESSION_TIMEOUT_S = 120  # one candidate: connect, upload, load, time (slow under qemu-user)
+TRACKER_CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,32 @@ def _board_for(target: TargetPreset, options: BoardTuningOptions, progress: Prog
     return EmulatedBoard().up(progress).board_config(target.name)
 
 
+def tracker_boards(host: str, port: int, key: str) -> int:
+    """How many boards (free or busy) are registered with the tracker under ``key``; at least one.
+
+    Raises
+    ------
+    BoardError
+        When the tracker does not answer (at once: TVM's own client retries a refused connection for 60 s),
+        or no board holds ``key``.
+    """
+    from tvm import rpc
+
+    where = f"RPC tracker {host}:{port}"
+    try:
+        socket.create_connection((host, port), timeout=TRACKER_CONNECT_TIMEOUT_S).close()
+        summary = rpc.connect_tracker(host, port).summary()
+    except Exception as err:  # OSError for the probe, TVMError / RuntimeError from TVM's client
+        raise BoardError(f"{where} is unreachable: {last_line(err)}; check --rpc-tracker") from err
+    keys = [server["key"].partition(":")[2] for server in summary.get("server_info", [])]
+    if key not in keys:
+        raise BoardError(
+            f"{where} has no board with key {key!r} (its keys: {sorted(set(keys)) or 'none'}); a board joins with "
+            f"python -m tvm.exec.rpc_server --tracker {host}:{port} --key {key}"
+        )
+    return keys.count(key)
+
+
 @contextmanager
 def board_measurer(
     target: TargetPreset, options: BoardTuningOptions, progress: Progress | None = None
@@ -95,13 +123,8 @@ def board_measurer(
         host, sep, port = options.rpc_tracker.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise InputError(f"--rpc-tracker {options.rpc_tracker!r}: expected HOST:PORT, e.g. 127.0.0.1:9190")
+        boards = tracker_boards(host, int(port), options.rpc_key)
         config = ms.runner.RPCConfig(host, int(port), options.rpc_key, session_timeout_sec=SESSION_TIMEOUT_S)
-        try:
-            boards = config.count_num_servers(allow_missing=False)
-        except Exception as err:  # an unreachable tracker or an unknown key: ValueError / TVMError
-            raise BoardError(
-                f"RPC tracker {options.rpc_tracker} has no free board with key {options.rpc_key!r}: {last_line(err)}"
-            ) from err
         runner = ms.runner.RPCRunner(config, _evaluator(), f_cleanup=_remove_upload, max_workers=boards)
         yield Measurer(local_builder(target, workers), runner, workers=workers)
         return

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 FAILED_SECONDS = 1e9  # MetaSchedule stores a failed candidate as 1e10 s; anything this slow is a failure
 REPORT = "tuning.json"
+DEFAULT_TRIALS_PER_ITER = 16
 BUILD_TIMEOUT_S = 120.0  # one candidate's compile; a worker's start (import tvm) is not counted: see _build
 
 
@@ -43,15 +44,24 @@ class TuneOptions:
 
     trials: int
     db: Path
-    trials_per_iter: int = 16
+    trials_per_iter: int | None = None  # candidates measured per search iteration; None: 16, or trials if fewer
     population: int = 64  # evolutionary search's population per task; MetaSchedule's 512 takes minutes per task
     seed: int | None = 0
 
     def __post_init__(self) -> None:
         if self.trials < 1:
             raise InputError(f"--trials must be at least 1, got {self.trials}")
-        if self.trials_per_iter < 1:
-            raise InputError(f"trials per iteration must be at least 1, got {self.trials_per_iter}")
+        if self.population < 1:
+            raise InputError(f"--population must be at least 1, got {self.population}")
+        if self.trials_per_iter is not None and not 1 <= self.trials_per_iter <= self.trials:
+            raise InputError(
+                f"--trials-per-iter must be between 1 and --trials ({self.trials}), got {self.trials_per_iter}"
+            )
+
+    @property
+    def batch(self) -> int:
+        """Candidates measured per search iteration."""
+        return self.trials_per_iter or min(DEFAULT_TRIALS_PER_ITER, self.trials)
 
 
 @dataclass
@@ -100,6 +110,8 @@ class TuningReport:
     wall_s: float
     tasks: list[TaskResult]
     history: list[tuple[int, float, float]] = field(default_factory=list)  # (trial, seconds, model estimate ms)
+    population: int | None = None  # the evolutionary search's, per task
+    trials_per_iter: int | None = None
     created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     def estimate_ms(self, which: str) -> float | None:
@@ -142,6 +154,8 @@ class TuningReport:
             "db": self.db,
             "target": self.target,
             "trials": self.trials,
+            "population": self.population,
+            "trials_per_iter": self.trials_per_iter,
             "wall_s": round(self.wall_s, 1),
             "kernels_ms": {"default": self.estimate_ms("default_ms"), "tuned": self.estimate_ms("best_ms")},
             "to_90_percent": {"trials": reach[0], "wall_s": round(reach[1], 1)} if reach else None,
@@ -293,6 +307,15 @@ def _recorded_default_ms(database, task: TuningTask, sch) -> float | None:
     return None
 
 
+def search_strategy(options: TuneOptions):
+    """MetaSchedule's evolutionary search of one task with ``options.population`` (at most 16 initial samples)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.search_strategy.EvolutionarySearch(
+        population_size=options.population, genetic_num_iters=2, init_min_unmeasured=min(16, options.population)
+    )
+
+
 def local_builder(target: TargetPreset, workers: int):
     """A MetaSchedule builder that compiles candidates here (cross-compiled for a board target)."""
     from tvm.s_tir import meta_schedule as ms
@@ -386,9 +409,7 @@ def tune_model(
             mod=task.mod,
             target=tvm_target,
             space_generator="post-order-apply",
-            search_strategy=ms.search_strategy.EvolutionarySearch(
-                population_size=options.population, genetic_num_iters=2, init_min_unmeasured=16
-            ),
+            search_strategy=search_strategy(options),
             task_name=task.name,
             rand_state=-1 if options.seed is None else options.seed + i,
             num_threads=measurer.workers,
@@ -402,7 +423,7 @@ def tune_model(
             task_weights=[float(t.weight) for t in tasks],
             work_dir=str(work_dir),
             max_trials_global=options.trials,
-            num_trials_per_iter=min(options.trials_per_iter, options.trials),
+            num_trials_per_iter=options.batch,
             builder=measurer.builder,
             runner=measurer.runner,
             database=database,
@@ -425,7 +446,9 @@ def tune_model(
         for task in tasks
     ]
     wall_s = time.monotonic() - started
-    report = TuningReport(str(work_dir), target.name, tracker.total, wall_s, results, tracker.history)
+    report = TuningReport(
+        str(work_dir), target.name, tracker.total, wall_s, results, tracker.history, options.population, options.batch
+    )
     _write_report(work_dir, report)
     if tracker.total and tracker.total == sum(tracker.failures.values()):
         raise BuildError(
