@@ -154,6 +154,7 @@ def schedule_elementwise(sch: s_tir.Schedule, block, facts: CPUFacts, dtype: str
     inner = _extent(sch, loops[-1]) or 0
     if inner > lanes and inner % lanes:
         lanes = vector_width(inner, lanes)  # 200 int8 channels: 8-byte vectors rather than scalar code
+    vectorized = True
     if inner > lanes > 1 and inner % lanes == 0:
         outer, vec = sch.split(loops[-1], [None, lanes])
         loops = [*loops[:-1], outer]
@@ -162,12 +163,17 @@ def schedule_elementwise(sch: s_tir.Schedule, block, facts: CPUFacts, dtype: str
         vec = loops[-1]
         loops = loops[:-1]
         sch.vectorize(vec)
+    else:
+        vectorized = False
     if not loops:
         return
-    if len(loops) > 1:
-        fused = sch.fuse(*loops)
-    else:
-        fused = loops[0]
+    # Fuse the outer loops only: a loop fused with the inner ones recovers each index with a division and a
+    # modulo per element (a first conv's 3-channel pad spent more time there than copying).
+    inner_loops = min(1 if vectorized else 2, len(loops) - 1)
+    outer_loops = loops[: len(loops) - inner_loops]
+    fused = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
+    if (_extent(sch, fused) or 0) < 8 and inner_loops:  # too few outer iterations to share: fuse them all
+        fused = sch.fuse(fused, *loops[len(loops) - inner_loops :])
     if _worth_parallel(_work(sch, block)) and (_extent(sch, fused) or 0) > 1:
         sch.parallel(fused)
 
