@@ -100,15 +100,25 @@ def quantize(
         raise InputError(
             f"quantization scheme {scheme.name!r} has no pass pipeline yet; implemented: {', '.join(PIPELINES)}"
         )
-    passes = PIPELINES[scheme.name](PipelineOptions(scheme, frozenset(keep_float), calibration))
-    if not passes:
+    if scheme.is_float:
         return imported
     import tvm
 
-    if calibration is not None:  # before the passes: TVM turns what a Python pass raises into a RuntimeError
-        from edgetvm.pipeline.passes.quant_layers import quant_layers
+    from edgetvm.pipeline.passes.quant_layers import narrow_layers, quant_layers
 
-        keys = [layer.key for layer in quant_layers(tvm.relax.transform.FoldConstant()(imported.mod))]
+    folded = tvm.relax.transform.FoldConstant()(imported.mod)
+    narrow = narrow_layers(folded, scheme.min_input_channels)
+    if narrow:
+        log.info(
+            "%s: %s stay float (fewer than %d input channels)",
+            scheme.name,
+            ", ".join(narrow),
+            scheme.min_input_channels,
+        )
+    keep_float = frozenset(keep_float) | frozenset(narrow)
+    passes = PIPELINES[scheme.name](PipelineOptions(scheme, keep_float, calibration))
+    if calibration is not None:  # before the passes: TVM turns what a Python pass raises into a RuntimeError
+        keys = [layer.key for layer in quant_layers(folded)]
         calibration.check_covers([key for key in keys if key not in keep_float])
 
     try:

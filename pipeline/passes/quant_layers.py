@@ -80,3 +80,20 @@ class _LayerRewriter(relax.PyExprMutator):
         key = f"{op}_{self._counts.get(op, 0)}"
         self._counts[op] = self._counts.get(op, 0) + 1
         return self._rewrite(call, key)
+
+
+def narrow_layers(mod: tvm.IRModule, min_input_channels: int) -> list[str]:
+    """Keys of the conv2d layers of ``mod["main"]`` with one group and fewer than ``min_input_channels`` input
+    channels (a first layer over 3 colour channels)."""
+    keys: list[str] = []
+
+    def visit(call: relax.Call, key: str) -> relax.Expr:
+        if call.op.name == "relax.nn.conv2d" and int(call.attrs.groups) == 1:
+            layout = str(call.attrs.kernel_layout)
+            if int(call.args[1].ty.shape[layout.index("I")]) < min_input_channels:
+                keys.append(key)
+        return call
+
+    if min_input_channels > 0:
+        rewrite_layers(mod["main"], visit)
+    return keys

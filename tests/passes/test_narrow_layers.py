@@ -1,0 +1,57 @@
+"""Layers too narrow for int8 to pay (a first conv over 3 colour channels) stay float in the int8 schemes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from edgetvm.pipeline.ingest import ImportedModel
+from edgetvm.pipeline.passes.quant_layers import narrow_layers
+from edgetvm.pipeline.quantize import quantize
+from edgetvm.pipeline.schemes import get_scheme
+
+RNG = np.random.default_rng(0)
+
+
+def _module() -> tvm.IRModule:
+    """conv 3->16 (first layer), depthwise 16, conv 16->24."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 3, 12, 12], "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(RNG.standard_normal((16, 3, 3, 3)).astype("float32"))))
+            w_dw = RNG.standard_normal((16, 1, 3, 3)).astype("float32")
+            y = bb.emit(relax.op.nn.conv2d(y, relax.const(w_dw), groups=16))
+            w = RNG.standard_normal((24, 16, 1, 1)).astype("float32")
+            out = bb.emit_output(relax.op.nn.conv2d(y, relax.const(w)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _conv_dtypes(mod: tvm.IRModule) -> list[str]:
+    return [
+        str(b.value.args[0].ty.dtype)
+        for block in mod["main"].body.blocks
+        for b in block.bindings
+        if isinstance(b.value, relax.Call) and getattr(b.value.op, "name", "") == "relax.nn.conv2d"
+    ]
+
+
+def test_narrow_layers_are_one_group_convs_with_few_input_channels():
+    mod = _module()
+    assert narrow_layers(mod, 16) == ["conv2d_0"]  # the depthwise conv (one input channel a group) is not narrow
+    assert narrow_layers(mod, 0) == []
+    assert narrow_layers(mod, 17) == ["conv2d_0", "conv2d_2"]
+
+
+def test_int8_scheme_keeps_the_first_layer_float():
+    fields = {f.name: None for f in dataclasses.fields(ImportedModel)}
+    imported = ImportedModel(**{**fields, "path": "first-layer.onnx", "mod": _module()})
+    scheme = get_scheme("w8a8-dynamic")
+    assert scheme.min_input_channels == 16
+    assert _conv_dtypes(quantize(imported, scheme).mod) == ["float32", "int8", "int8"]
+    every_layer = dataclasses.replace(scheme, min_input_channels=0)
+    assert _conv_dtypes(quantize(imported, every_layer).mod) == ["int8", "int8", "int8"]
