@@ -5,11 +5,13 @@ import json
 
 import numpy as np
 import pytest
+from tvm.relax.transform import FoldConstant
 
 from edgetvm.cli import main
 from edgetvm.errors import BudgetError
 from edgetvm.pipeline.ingest import load_model
 from edgetvm.pipeline.layer_accuracy import model_layers
+from edgetvm.pipeline.passes.quant_layers import narrow_layers
 
 
 def _feature_model(path):
@@ -55,7 +57,11 @@ def test_per_layer_report_json_and_chart(ops_zoo_path, tmp_path, capsys):
     report = json.loads(report_path.read_text())
     keys = [layer.key for layer in model_layers(load_model(ops_zoo_path).mod)]
     assert sorted(layer["key"] for layer in report["layers"]) == sorted(keys) and len(keys) == 6
-    sqnr = [layer["sqnr_db"] for layer in report["layers"]]
+    # The first conv (3 input channels) stays float in the int8 schemes (min_input_channels): exact, no SQNR.
+    narrow = narrow_layers(FoldConstant()(load_model(ops_zoo_path).mod), 16)
+    assert narrow == ["conv2d_0"]
+    assert [layer["key"] for layer in report["layers"] if layer["sqnr_db"] is None] == narrow
+    sqnr = [layer["sqnr_db"] for layer in report["layers"] if layer["key"] not in narrow]
     assert sqnr == sorted(sqnr) and all(10 < value < 80 for value in sqnr)  # quantized: close, not equal
     assert report["samples"] == 3 and report["keep_float"] == [] and report["reference_runtime"] == "onnxruntime"
     assert report["outputs"][0]["top1_agreement"] is not None and report["float_accuracy_drop"] == 0.0
