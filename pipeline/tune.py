@@ -416,11 +416,25 @@ def tune_model(
         ).clone()
         for i, task in enumerate(tasks)
     ]
+    # MetaSchedule's own rules refuse some functions (a conv whose epilogue reads a channel-padded residual:
+    # "requires all the producer(s) ... under the target loop"), and tune_tasks then aborts the whole run. Such a
+    # task keeps its default schedule, with the reason in the report.
+    searchable = []
+    for task, context in zip(tasks, contexts, strict=True):
+        try:
+            context.generate_design_space()
+        except Exception as err:  # a ScheduleError / TVMError from a schedule rule
+            tracker.errors[task.name] = f"MetaSchedule has no design space for it: {last_line(err)}"
+            log.info("%s: %s", task.name, tracker.errors[task.name])
+            continue
+        searchable.append((task, context))
+    if not searchable:
+        raise BuildError(f"MetaSchedule has no design space for any function of {imported.path}")
     work_dir = target_db_dir(options.db, target)
     try:
         ms.tune_tasks(
-            tasks=contexts,
-            task_weights=[float(t.weight) for t in tasks],
+            tasks=[context for _, context in searchable],
+            task_weights=[float(task.weight) for task, _ in searchable],
             work_dir=str(work_dir),
             max_trials_global=options.trials,
             num_trials_per_iter=options.batch,

@@ -105,3 +105,37 @@ def test_failed_candidates_are_recorded_as_failures_and_defaults_stay(tuned, tmp
     assert main(["-q", "compile", str(model), "--target", "x86", "--db", str(db), "-o", str(out)]) == 0
     applied = json.loads((out / "manifest.json").read_text())["tuning"]["applied_ms"]
     assert applied and all(ms_ < 1e6 for ms_ in applied.values())
+
+
+def test_a_function_meta_schedule_cannot_search_keeps_its_default(tmp_path):
+    """A conv whose epilogue adds a channel-padded residual (BlazeFace's blocks): MetaSchedule's rules refuse it
+    ("requires all the producer(s) ... under the target loop"), which used to abort the whole tune."""
+    import dataclasses
+
+    import numpy as np
+    from tvm import relax
+
+    from edgetvm.pipeline.ingest import ImportedModel
+    from edgetvm.pipeline.tune import TuneOptions, local_measurer, tune_model
+    from edgetvm.targets import resolve_target
+
+    rng = np.random.default_rng(0)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 16, 16, 48], "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            w = relax.const(rng.standard_normal((1, 1, 48, 56)).astype("float32"))
+            conv = bb.emit(relax.op.nn.conv2d(x, w, data_layout="NHWC", kernel_layout="HWIO"))
+            conv = bb.emit(relax.op.add(conv, relax.const(rng.standard_normal((56,)).astype("float32"))))
+            skip = bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, 0, 0, 0, 8]))
+            block = bb.emit(relax.op.nn.relu(relax.op.add(skip, conv)))
+            w2 = relax.const(rng.standard_normal((1, 1, 56, 16)).astype("float32"))
+            out = bb.emit_output(relax.op.nn.conv2d(block, w2, data_layout="NHWC", kernel_layout="HWIO"))
+        bb.emit_func_output(out)
+    fields = {f.name: None for f in dataclasses.fields(ImportedModel)}
+    imported = ImportedModel(**{**fields, "path": "residual-pad.onnx", "mod": bb.get()})
+    target = resolve_target("x86")
+    report = tune_model(imported, target, TuneOptions(2, tmp_path / "db"), local_measurer(target))
+    refused = [r.name for r in report.tasks if r.error and "no design space" in r.error]
+    assert len(refused) == 1 and len(report.tasks) == 2, [(r.name, r.error) for r in report.tasks]
+    assert report.trials == 2  # the other function was searched
