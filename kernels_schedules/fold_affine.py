@@ -24,12 +24,10 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from edgetvm.pipeline.passes.bindings import op_name, use_counts
+
 _AFFINE_OPS = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
 _FLOAT_DTYPES = ("float32", "float16", "float64")
-
-
-def _op_name(expr) -> str | None:
-    return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else None
 
 
 def _constant(expr) -> np.ndarray | None:
@@ -72,7 +70,7 @@ class _Affine:
 class _AffineFolder(PyExprMutator):
     def __init__(self, mod: tvm.IRModule, func: relax.Function):
         super().__init__(mod)
-        self.uses = _use_counts(func)
+        self.uses = use_counts(func)
         self.continued = _continued_chains(func, self.uses)
         self.origin: dict = {}  # emitted var -> the original var it binds
         self.chains: dict = {}  # original var -> its value as an affine chain of a root
@@ -83,7 +81,7 @@ class _AffineFolder(PyExprMutator):
         chain = self._chain_of(value)
         if chain is not None:
             self.chains[binding.var] = chain
-            collapses = chain.ops > 1 or _op_name(value) == "relax.divide"
+            collapses = chain.ops > 1 or op_name(value) == "relax.divide"
             if collapses and binding.var not in self.continued:  # else its one user takes the chain further
                 value = self._emit_chain(chain, str(binding.var.ty.dtype))
         name = binding.var.name
@@ -96,7 +94,7 @@ class _AffineFolder(PyExprMutator):
         self.set_var_remap(binding.var, new_var)
 
     def _chain_of(self, value) -> _Affine | None:
-        op = _op_name(value)
+        op = op_name(value)
         if op not in _AFFINE_OPS or str(value.ty.dtype) not in _FLOAT_DTYPES:
             return None
         out_shape = _shape(value)
@@ -142,7 +140,7 @@ class _AffineFolder(PyExprMutator):
         if original is None or self.uses.get(original, 0) != 1:
             return root, scale
         layer = self.bound[original]
-        op = _op_name(layer)
+        op = op_name(layer)
         if op not in ("relax.nn.conv2d", "relax.matmul") or len(layer.args) != 2:
             return root, scale
         data, weight = layer.args
@@ -173,7 +171,7 @@ def _continued_chains(func: relax.Function, uses: dict) -> set:
     for block in func.body.blocks:
         for binding in block.bindings:
             value = binding.value
-            if _op_name(value) not in _AFFINE_OPS:
+            if op_name(value) not in _AFFINE_OPS:
                 continue
             lhs, rhs = value.args
             for operand, other in ((lhs, rhs), (rhs, lhs)):
@@ -195,15 +193,6 @@ def _per_output_channel(scale: np.ndarray, out_shape: tuple[int, ...], op: str) 
     if not np.all(moved == moved[:1]):
         return None
     return moved[0]
-
-
-def _use_counts(func: relax.Function) -> dict:
-    counts: dict = {}
-    exprs = [binding.value for block in func.body.blocks for binding in block.bindings] + [func.body.body]
-    for expr in exprs:
-        for var in relax.analysis.free_vars(expr):
-            counts[var] = counts.get(var, 0) + 1
-    return counts
 
 
 @tvm.transform.module_pass(opt_level=0, name="FoldAffine")

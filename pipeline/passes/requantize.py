@@ -28,6 +28,7 @@ from tvm import relax
 from tvm.script import relax as R
 
 from edgetvm.pipeline.calibration_stats import QMAX
+from edgetvm.pipeline.passes.bindings import op_name, use_counts
 from edgetvm.pipeline.passes.static_quantize import quantize_static
 
 # Ops that commute with quantization by a positive per-tensor scale: q(op(x)) == op(q(x)).
@@ -46,19 +47,6 @@ class Requantize:
         return relax.transform.DeadCodeElimination(["main"])(updated)
 
 
-def _op_name(expr: relax.Expr) -> str | None:
-    return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else None
-
-
-def _use_counts(func: relax.Function) -> dict[relax.Var, int]:
-    counts: dict[relax.Var, int] = {}
-    exprs = [binding.value for block in func.body.blocks for binding in block.bindings] + [func.body.body]
-    for expr in exprs:
-        for var in relax.analysis.free_vars(expr):
-            counts[var] = counts.get(var, 0) + 1
-    return counts
-
-
 def _float_const(expr: relax.Expr) -> np.ndarray | None:
     if isinstance(expr, tvm.ir.GenericConst) and expr.ty.dtype == "float32":
         return expr.value.numpy()
@@ -70,7 +58,7 @@ class _Requantizer(relax.PyExprMutator):
     def __init__(self, func: relax.Function):
         super().__init__()
         self._values = relax.analysis.get_var2val(func)
-        self._uses = _use_counts(func)
+        self._uses = use_counts(func)
 
     def _value(self, expr: relax.Expr, single_use: bool = True) -> relax.Expr | None:
         """The call bound to ``expr`` when it is a var (used only once, with ``single_use``)."""
@@ -82,16 +70,16 @@ class _Requantizer(relax.PyExprMutator):
 
     def _quantize_root(self, call: relax.Call) -> tuple[relax.Expr, np.float32] | None:
         """``(x, s)`` when ``call`` is ``astype(clip(round(x / s), -127, 127), int8)`` (``quantize_static``)."""
-        if _op_name(call) != "relax.astype" or str(call.attrs.dtype) != "int8":
+        if op_name(call) != "relax.astype" or str(call.attrs.dtype) != "int8":
             return None
         clip = self._value(call.args[0], single_use=False)
-        if _op_name(clip) != "relax.clip" or [_prim(a) for a in clip.args[1:]] != [-QMAX, QMAX]:
+        if op_name(clip) != "relax.clip" or [_prim(a) for a in clip.args[1:]] != [-QMAX, QMAX]:
             return None
         rounded = self._value(clip.args[0], single_use=False)
-        if _op_name(rounded) != "relax.round":
+        if op_name(rounded) != "relax.round":
             return None
         divide = self._value(rounded.args[0], single_use=False)
-        if _op_name(divide) != "relax.divide":
+        if op_name(divide) != "relax.divide":
             return None
         scale = _float_const(divide.args[1])
         if scale is None or scale.size != 1 or not float(scale) > 0:
@@ -104,7 +92,7 @@ class _Requantizer(relax.PyExprMutator):
             return super().visit_call_(call)
         data, scale = root
         moved: list[relax.Call] = []  # int8-safe ops between the quantize and what it quantizes, outermost first
-        while (value := self._value(data)) is not None and _op_name(value) in INT8_SAFE_OPS:
+        while (value := self._value(data)) is not None and op_name(value) in INT8_SAFE_OPS:
             moved.append(value)
             data = value.args[0]
         result = self._rescale(data, scale)
@@ -121,9 +109,9 @@ class _Requantizer(relax.PyExprMutator):
         an int32 accumulator ``acc``; None otherwise."""
         low, high = -float(QMAX), float(QMAX)
         value = self._value(data)
-        if _op_name(value) == "relax.nn.relu":
+        if op_name(value) == "relax.nn.relu":
             low, data = 0.0, value.args[0]
-        elif _op_name(value) == "relax.clip":
+        elif op_name(value) == "relax.clip":
             bounds = [_prim(a) for a in value.args[1:]]
             if None in bounds:
                 return None
@@ -132,14 +120,14 @@ class _Requantizer(relax.PyExprMutator):
             data = value.args[0]
         bias = None
         value = self._value(data)
-        if _op_name(value) == "relax.add" and _float_const(value.args[1]) is not None:
+        if op_name(value) == "relax.add" and _float_const(value.args[1]) is not None:
             bias, data = _float_const(value.args[1]), value.args[0]
             value = self._value(data)
-        if _op_name(value) != "relax.multiply" or _float_const(value.args[1]) is None:
+        if op_name(value) != "relax.multiply" or _float_const(value.args[1]) is None:
             return None
         multiplier = _float_const(value.args[1])
         cast = self._value(value.args[0])
-        if _op_name(cast) != "relax.astype" or cast.args[0].ty.dtype != "int32":
+        if op_name(cast) != "relax.astype" or cast.args[0].ty.dtype != "int32":
             return None
         rescaled = R.multiply(R.astype(self.visit_expr(cast.args[0]), "float32"), _const(multiplier / scale))
         if bias is not None:
