@@ -20,7 +20,7 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 
-from edgetvm.kernels_schedules.te_kernels import TEKernelRewriter
+from edgetvm.kernels_schedules.te_kernels import TEKernelRewriter, pad_output_channels
 from edgetvm.kernels_schedules.x86_int16_pairs import LANES, pair_conv2d
 
 # Below this many input channels (a network's first layer: 3) the dot loops are too short to vectorise and
@@ -105,9 +105,8 @@ class Int8ConvLayout(TEKernelRewriter):
         ):
             # Output channels padded with zero weights to whole ymm registers (BlazeFace's 28, 36, 42): the
             # padded lanes cost less than the dot form's horizontal sums.
-            padded = -(-out_channels // LANES) * LANES
-            hwio = np.concatenate([hwio, np.zeros((kh, kw, in_channels, padded - out_channels), hwio.dtype)], axis=3)
-            packed = hwio.reshape(kh, kw, in_channels // 2, 2, padded).transpose(0, 1, 2, 4, 3)
+            hwio = pad_output_channels(hwio, LANES)
+            packed = hwio.reshape(kh, kw, in_channels // 2, 2, hwio.shape[3]).transpose(0, 1, 2, 4, 3)
             return self._pair_kernel(data, np.ascontiguousarray(packed).astype(np.int16), attrs, out_channels)
         ohwi = np.ascontiguousarray(hwio.transpose(3, 0, 1, 2))
         if self.widen:

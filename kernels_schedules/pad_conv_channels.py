@@ -9,12 +9,11 @@ into its accumulator tile and the result keeps the real ones, in the same fused 
 
 from __future__ import annotations
 
-import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 
-from edgetvm.kernels_schedules.te_kernels import TEKernelRewriter
+from edgetvm.kernels_schedules.te_kernels import TEKernelRewriter, pad_output_channels
 
 _FLOAT = ("float32",)
 
@@ -70,11 +69,10 @@ class PadConvChannels(TEKernelRewriter):
         ):
             return call
         hwio = weight.value.numpy()
-        kh, kw, in_channels, out_channels = hwio.shape
+        out_channels = hwio.shape[3]
         if out_channels <= self.lanes or out_channels % self.lanes == 0:
             return call
-        padded = -(-out_channels // self.lanes) * self.lanes
-        hwio = np.concatenate([hwio, np.zeros((kh, kw, in_channels, padded - out_channels), hwio.dtype)], axis=3)
+        hwio = pad_output_channels(hwio, self.lanes)
         strides = tuple(int(s) for s in attrs.strides)
         padding = tuple(int(p) for p in attrs.padding)
         dilation = tuple(int(d) for d in attrs.dilation)

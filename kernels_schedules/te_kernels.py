@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.dpl import rewrite_call
@@ -49,3 +50,9 @@ class TEKernelRewriter:
             self._kernels[key] = (gvar, [int(d) for d in out.shape], str(out.dtype))
         gvar, out_shape, out_dtype = self._kernels[key]
         return relax.call_tir(gvar, [expr for expr, _, _ in args], relax.TensorType(out_shape, out_dtype))
+
+
+def pad_output_channels(hwio: np.ndarray, multiple: int) -> np.ndarray:
+    """HWIO weights with zero output channels appended up to a multiple of ``multiple`` (whole vector registers)."""
+    missing = -hwio.shape[3] % multiple
+    return np.pad(hwio, [(0, 0), (0, 0), (0, 0), (0, missing)])
