@@ -51,14 +51,16 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         imported = load_model(args.model, shapes)
     with _progress(args, "calibrating") as progress:
         scheme, ranges = prepare_calibration(imported, scheme, _calibration_options(args), progress.update)
-    quantization, search, samples = quantization_manifest(scheme, ranges), None, None
+    quantization, search, samples = quantization_manifest(scheme, ranges, target.int8_depthwise), None, None
     if mixed:
-        search, samples = _search_mixed_precision(args, imported, scheme, budget.max_accuracy_drop, ranges)
+        search, samples = _search_mixed_precision(args, imported, scheme, budget.max_accuracy_drop, ranges, target)
         quantization = {**quantization, "keep_float": list(search.keep_float), "mixed_precision": search.to_json()}
     if not scheme.is_float:
         with _progress(args, f"quantizing with {scheme.name}"):
             keep_float = frozenset(search.keep_float if search else ())
-            imported = quantize(imported, scheme, keep_float=keep_float, calibration=ranges)
+            imported = quantize(
+                imported, scheme, keep_float=keep_float, calibration=ranges, int8_depthwise=target.int8_depthwise
+            )
     with _progress(args, f"compiling for {target.name}"):
         package = build_package(imported, target, args.output, quantization, ranges_files(ranges), db=args.db)
     print(f"wrote {package.directory} ({target.name}, {package.manifest['library']['machine']})")
@@ -83,7 +85,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _search_mixed_precision(args: argparse.Namespace, imported, scheme, max_drop: float, ranges):
+def _search_mixed_precision(args: argparse.Namespace, imported, scheme, max_drop: float, ranges, target):
     """Mixed precision: the layers to keep in float for ``--max-accuracy-drop`` (BudgetError if none can)."""
     import functools
 
@@ -94,7 +96,12 @@ def _search_mixed_precision(args: argparse.Namespace, imported, scheme, max_drop
     samples = load_samples(args.inputs, imported.inputs, args.seed, args.samples)
     with _progress(args, "mixed precision: building the float model for this host") as progress:
         search = search_keep_float(
-            LayerProbe(imported, scheme, samples, quantizer=functools.partial(quantize, calibration=ranges)),
+            LayerProbe(
+                imported,
+                scheme,
+                samples,
+                quantizer=functools.partial(quantize, calibration=ranges, int8_depthwise=target.int8_depthwise),
+            ),
             max_drop,
             progress.update,
         )
@@ -478,7 +485,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         scheme, ranges = prepare_calibration(imported, scheme, _calibration_options(args), progress.update)
     if not scheme.is_float:  # the quantized model's int8 and packed kernels are the ones compile builds
         with _progress(args, f"quantizing with {scheme.name}"):
-            imported = quantize(imported, scheme, calibration=ranges)
+            imported = quantize(imported, scheme, calibration=ranges, int8_depthwise=target.int8_depthwise)
     with _progress(args, f"tuning for {target.name}") as progress:
         if target.is_host and not (args.board or args.rpc_tracker):
             session = nullcontext(local_measurer(target))

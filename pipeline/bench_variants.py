@@ -96,12 +96,16 @@ def edgetvm_packages(
             scheme, ranges = prepare_calibration(imported, scheme, calibration or CalibrationOptions(), progress)
         builds = [(scheme.name, None)] + ([(f"{scheme.name}+tuned", db)] if db is not None else [])
         try:  # once per scheme: the +tuned build compiles the same quantized module
-            module = imported if scheme.is_float else quantize(imported, scheme, calibration=ranges)
+            module = (
+                imported
+                if scheme.is_float
+                else quantize(imported, scheme, calibration=ranges, int8_depthwise=target.int8_depthwise)
+            )
         except BuildError as err:
             log.warning("edgetvm %s: %s", scheme.name, err)
             built += [(name, str(err)) for name, _ in builds]
             continue
-        quantization = quantization_manifest(scheme, ranges)
+        quantization = quantization_manifest(scheme, ranges, target.int8_depthwise)
         for name, tuned in builds:
             if progress:
                 progress(f"building {imported.path.name} with edgetvm ({name}) for {target.name}")

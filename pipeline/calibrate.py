@@ -290,9 +290,14 @@ def prepare_calibration(
     return dataclasses.replace(scheme, calibration=method.value), ranges
 
 
-def quantization_manifest(scheme: QuantScheme, ranges: CalibrationRanges | None) -> dict | str:
-    """``manifest.json``'s ``quantization``: the scheme's fields, and for static schemes where the ranges are."""
+def quantization_manifest(
+    scheme: QuantScheme, ranges: CalibrationRanges | None, int8_depthwise: bool = True
+) -> dict | str:
+    """``manifest.json``'s ``quantization``: the scheme's fields, for static schemes where the ranges are, and
+    ``int8_depthwise: false`` when the target keeps depthwise convs float (``TargetPreset.int8_depthwise``)."""
     entry = scheme.manifest_entry()
+    if not int8_depthwise and isinstance(entry, dict):
+        entry = {**entry, "int8_depthwise": False}
     if ranges is not None:
         entry = {
             **entry,

@@ -299,7 +299,10 @@ def layer_report_for_package(
     InputError
         When the artifact is not quantized, or its model file is gone or changed.
     """
+    import functools
+
     from edgetvm.pipeline.ingest import file_sha256, load_model
+    from edgetvm.pipeline.quantize import quantize
     from edgetvm.pipeline.schemes import get_scheme
 
     quantization = package.manifest.get("quantization", "none")
@@ -313,15 +316,15 @@ def layer_report_for_package(
         raise InputError(f"{package.directory}: its model {path} is missing or changed since the build; recompile it")
     imported = load_model(path, {name: tuple(shape) for name, shape in model["input_shapes"].items()})
     keep_float = check_keep_float(imported, quantization.get("keep_float", ()))
-    quantizer = None
+    ranges = None
     if "calibration_ranges" in quantization:  # static schemes: the artifact's own ranges
-        import functools
-
         from edgetvm.pipeline.calibrate import load_ranges
-        from edgetvm.pipeline.quantize import quantize
 
         ranges = load_ranges(Path(package.directory) / quantization["calibration_ranges"], imported)
-        quantizer = functools.partial(quantize, calibration=ranges)
+    # The artifact's layers exactly: its target may have kept depthwise convs float (TargetPreset.int8_depthwise).
+    quantizer = functools.partial(
+        quantize, calibration=ranges, int8_depthwise=bool(quantization.get("int8_depthwise", True))
+    )
     probe = LayerProbe(imported, get_scheme(quantization["name"]), samples, reference, quantizer)
     return probe.evaluate(keep_float)
 

@@ -77,11 +77,13 @@ def quantize(
     *,
     keep_float: frozenset[str] = frozenset(),
     calibration: CalibrationRanges | None = None,
+    int8_depthwise: bool = True,
 ) -> ImportedModel:
     """Return ``imported`` with its module rewritten by ``scheme``'s pass pipeline.
 
     ``keep_float`` names layers (``quant_layers`` keys) left in float; ``calibration`` holds the activation ranges
-    static schemes need (``pipeline.calibrate``).
+    static schemes need (``pipeline.calibrate``). Besides those, the scheme's narrow convs (``min_input_channels``)
+    stay float, and so do depthwise convs without ``int8_depthwise`` (the target's ``TargetPreset.int8_depthwise``).
 
     Raises
     ------
@@ -104,7 +106,7 @@ def quantize(
         return imported
     import tvm
 
-    from edgetvm.pipeline.passes.quant_layers import narrow_layers, quant_layers
+    from edgetvm.pipeline.passes.quant_layers import depthwise_layers, narrow_layers, quant_layers
 
     folded = tvm.relax.transform.FoldConstant()(imported.mod)
     narrow = narrow_layers(folded, scheme.min_input_channels)
@@ -115,7 +117,12 @@ def quantize(
             ", ".join(narrow),
             scheme.min_input_channels,
         )
-    keep_float = frozenset(keep_float) | frozenset(narrow)
+    depthwise = [] if int8_depthwise else depthwise_layers(folded)
+    if depthwise:
+        log.info(
+            "%s: %d depthwise conv(s) stay float (the target has no faster int8 depthwise)", scheme.name, len(depthwise)
+        )
+    keep_float = frozenset(keep_float) | frozenset(narrow) | frozenset(depthwise)
     passes = PIPELINES[scheme.name](PipelineOptions(scheme, keep_float, calibration))
     if calibration is not None:  # before the passes: TVM turns what a Python pass raises into a RuntimeError
         keys = [layer.key for layer in quant_layers(folded)]

@@ -97,3 +97,18 @@ def narrow_layers(mod: tvm.IRModule, min_input_channels: int) -> list[str]:
     if min_input_channels > 0:
         rewrite_layers(mod["main"], visit)
     return keys
+
+
+def depthwise_layers(mod: tvm.IRModule) -> list[str]:
+    """Keys of the depthwise conv2d layers of ``mod["main"]``: grouped, one input channel per group."""
+    keys: list[str] = []
+
+    def visit(call: relax.Call, key: str) -> relax.Expr:
+        if call.op.name == "relax.nn.conv2d" and int(call.attrs.groups) > 1:
+            layout = str(call.attrs.kernel_layout)
+            if int(call.args[1].ty.shape[layout.index("I")]) == 1:
+                keys.append(key)
+        return call
+
+    rewrite_layers(mod["main"], visit)
+    return keys

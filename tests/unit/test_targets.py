@@ -52,6 +52,8 @@ def test_inline_json_and_file(tmp_path):
         "cross_compiler": "aarch64-linux-gnu-gcc",
     }
     assert resolve_target(json.dumps(data)).threads == 2
+    assert resolve_target(json.dumps(data)).int8_depthwise is True  # the default; a target file may say false
+    assert resolve_target(json.dumps({**data, "int8_depthwise": False})).int8_depthwise is False
     path = tmp_path / "t.json"
     path.write_text(json.dumps(data))
     assert resolve_target(str(path)).name == "myboard"
@@ -66,6 +68,10 @@ def test_inline_json_and_file(tmp_path):
         ('{"name": "a", "llvm": {"kind": "llvm"}, "arch": "aarch64", "threads": 0}', "threads must be a positive"),
         ('{"name": "a", "llvm": {"kind": "llvm"}, "arch": "aarch64", "threads": 1, "x": 1}', "unknown field"),
         ('{"name": "a"}', "missing field"),
+        (
+            '{"name": "a", "llvm": {"kind": "llvm"}, "arch": "aarch64", "threads": 1, "int8_depthwise": "no"}',
+            "int8_depthwise must be true or false",
+        ),
     ],
 )
 def test_bad_targets_say_what_is_wrong(spec, words):

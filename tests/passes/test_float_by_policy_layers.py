@@ -1,4 +1,5 @@
-"""Layers too narrow for int8 to pay (a first conv over 3 colour channels) stay float in the int8 schemes."""
+"""Layers int8 does not pay for stay float in the int8 schemes: narrow ones (a first conv over 3 colour channels),
+and depthwise convs on targets without a faster int8 depthwise kernel (``TargetPreset.int8_depthwise``)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import tvm
 from tvm import relax
 
 from edgetvm.pipeline.ingest import ImportedModel
-from edgetvm.pipeline.passes.quant_layers import narrow_layers
+from edgetvm.pipeline.passes.quant_layers import depthwise_layers, narrow_layers
 from edgetvm.pipeline.quantize import quantize
 from edgetvm.pipeline.schemes import get_scheme
+from edgetvm.targets import resolve_target
 
 RNG = np.random.default_rng(0)
 
@@ -47,11 +49,27 @@ def test_narrow_layers_are_one_group_convs_with_few_input_channels():
     assert narrow_layers(mod, 17) == ["conv2d_0", "conv2d_2"]
 
 
-def test_int8_scheme_keeps_the_first_layer_float():
+def _imported() -> ImportedModel:
     fields = {f.name: None for f in dataclasses.fields(ImportedModel)}
-    imported = ImportedModel(**{**fields, "path": "first-layer.onnx", "mod": _module()})
+    return ImportedModel(**{**fields, "path": "first-layer.onnx", "mod": _module()})
+
+
+def test_int8_scheme_keeps_the_first_layer_float():
+    imported = _imported()
     scheme = get_scheme("w8a8-dynamic")
     assert scheme.min_input_channels == 16
     assert _conv_dtypes(quantize(imported, scheme).mod) == ["float32", "int8", "int8"]
     every_layer = dataclasses.replace(scheme, min_input_channels=0)
     assert _conv_dtypes(quantize(imported, every_layer).mod) == ["int8", "int8", "int8"]
+
+
+def test_depthwise_layers_are_grouped_convs_with_one_input_channel_a_group():
+    assert depthwise_layers(_module()) == ["conv2d_1"]
+
+
+def test_targets_without_int8_depthwise_keep_depthwise_convs_float():
+    scheme = dataclasses.replace(get_scheme("w8a8-dynamic"), min_input_channels=0)
+    assert _conv_dtypes(quantize(_imported(), scheme, int8_depthwise=False).mod) == ["int8", "float32", "int8"]
+    # x86 (AVX2 here) has no faster int8 depthwise; the Pi targets quantize them (NEON widening multiply-adds)
+    assert resolve_target("x86").int8_depthwise is False
+    assert resolve_target("rpi4").int8_depthwise is True
