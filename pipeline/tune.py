@@ -35,6 +35,10 @@ Progress = Callable[[str], None]
 FAILED_SECONDS = 1e9  # MetaSchedule stores a failed candidate as 1e10 s; anything this slow is a failure
 REPORT = "tuning.json"
 DEFAULT_TRIALS_PER_ITER = 16
+# The search gives each task it reaches at least this many batches of candidates: a budget spread one batch per
+# task over sixty tasks measures a handful of candidates each and beats no default (see hottest_first).
+MIN_BATCHES_PER_TASK = 2
+NOT_SEARCHED = "not searched"
 BUILD_TIMEOUT_S = 120.0  # one candidate's compile; a worker's start (import tvm) is not counted: see _build
 
 
@@ -131,6 +135,7 @@ class TuningReport:
         default, tuned = self.estimate_ms("default_ms"), self.estimate_ms("best_ms")
         faster = [t.name for t in self.tasks if t.tuned]
         failed = [t.name for t in self.tasks if t.trials and t.failures == t.trials]
+        unsearched = [t.name for t in self.tasks if t.error and t.error.startswith(NOT_SEARCHED)]
         failures = sum(t.failures for t in self.tasks)
         lines = [
             f"tuned {len(self.tasks)} tasks for {self.target} in {self.trials} trials ({failures} failed), "
@@ -139,6 +144,11 @@ class TuningReport:
         ]
         if default is not None and tuned is not None:
             lines.append(f"summed kernel time: default {default:.4f} ms, tuned {tuned:.4f} ms ({default / tuned:.2f}x)")
+        if unsearched:
+            lines.append(
+                f"searched the {len(self.tasks) - len(unsearched)} hottest functions; {len(unsearched)} colder ones "
+                "keep their defaults (more --trials reach them)"
+            )
         reach = self.to_90_percent()
         if reach:
             lines.append(f"within 10% of this run's best after {reach[0]} trials, {reach[1]:.0f} s")
@@ -430,6 +440,10 @@ def tune_model(
         searchable.append((task, context))
     if not searchable:
         raise BuildError(f"MetaSchedule has no design space for any function of {imported.path}")
+    searchable, colder = hottest_first(searchable, tracker.best_ms, options)
+    for task, _ in colder:
+        tracker.errors[task.name] = f"{NOT_SEARCHED}: the trial budget went to hotter functions (raise --trials)"
+    log.info("searching the %d hottest of %d functions (%d trials)", len(searchable), len(tasks), options.trials)
     work_dir = target_db_dir(options.db, target)
     try:
         ms.tune_tasks(
@@ -470,6 +484,19 @@ def tune_model(
             f"{work_dir} say why each did: the default schedules stay in use"
         )
     return report
+
+
+def hottest_first(searchable: list, best_ms: dict[str, float | None], options: TuneOptions) -> tuple[list, list]:
+    """``(searched, left)``: the ``(task, context)`` pairs the budget can search, hottest first, and the rest.
+
+    A task's heat is its best time so far (the default's on a first run) times its calls per inference, so a
+    second run moves on to what the first left hottest. MetaSchedule's scheduler starts with one batch for each
+    task in the order given: with sixty tasks, 64 trials reached only the first four, whichever they were. The
+    budget now goes to the hottest tasks, ``MIN_BATCHES_PER_TASK`` batches each at least.
+    """
+    reach = max(1, options.trials // (MIN_BATCHES_PER_TASK * options.batch))
+    ranked = sorted(searchable, key=lambda pair: -(best_ms.get(pair[0].name) or 0.0) * pair[0].weight)
+    return ranked[:reach], ranked[reach:]
 
 
 def _write_report(work_dir: Path, report: TuningReport) -> None:

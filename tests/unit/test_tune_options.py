@@ -8,7 +8,7 @@ import pytest
 
 from edgetvm.cli import main
 from edgetvm.errors import InputError
-from edgetvm.pipeline.tune import TuneOptions, search_strategy
+from edgetvm.pipeline.tune import TuneOptions, TuningTask, hottest_first, search_strategy
 
 
 def test_defaults_measure_16_per_iteration_or_every_trial_when_fewer():
@@ -49,3 +49,21 @@ def test_the_population_reaches_the_evolutionary_search():
     small = search_strategy(TuneOptions(4, Path("db"), population=8))
     # fewer initial samples than the minimum would end the task's search before it measures anything
     assert (small.population_size, small.init_min_unmeasured) == (8, 8)
+
+
+def _pairs(*weights: int) -> list:
+    return [(TuningTask(f"f{i}", None, weight, "reduction-tile"), f"context{i}") for i, weight in enumerate(weights)]
+
+
+def test_the_budget_goes_to_the_hottest_functions_two_batches_each():
+    pairs = _pairs(1, 1, 4, 1, 2)  # calls per inference
+    best_ms = {"f0": 0.5, "f1": 0.01, "f2": 0.1, "f3": None, "f4": 0.3}  # heat: 0.5, 0.01, 0.4, 0, 0.6
+    searched, left = hottest_first(pairs, best_ms, TuneOptions(64, Path("db")))  # 64 / (2 x 16): two functions
+    assert [task.name for task, _ in searched] == ["f4", "f0"]
+    assert [task.name for task, _ in left] == ["f2", "f1", "f3"]
+    assert [context for _, context in searched] == ["context4", "context0"]  # each task keeps its context
+    everything, none_left = hottest_first(pairs, best_ms, TuneOptions(160, Path("db")))
+    assert len(everything) == 5 and none_left == []
+    # a budget under two batches still searches the hottest function
+    (only,), _ = hottest_first(pairs, best_ms, TuneOptions(3, Path("db")))
+    assert only[0].name == "f4"
