@@ -136,6 +136,7 @@ class TuningReport:
         faster = [t.name for t in self.tasks if t.tuned]
         failed = [t.name for t in self.tasks if t.trials and t.failures == t.trials]
         unsearched = [t.name for t in self.tasks if t.error and t.error.startswith(NOT_SEARCHED)]
+        searched = [t.name for t in self.tasks if t.trials]
         failures = sum(t.failures for t in self.tasks)
         lines = [
             f"tuned {len(self.tasks)} tasks for {self.target} in {self.trials} trials ({failures} failed), "
@@ -146,7 +147,7 @@ class TuningReport:
             lines.append(f"summed kernel time: default {default:.4f} ms, tuned {tuned:.4f} ms ({default / tuned:.2f}x)")
         if unsearched:
             lines.append(
-                f"searched the {len(self.tasks) - len(unsearched)} hottest functions; {len(unsearched)} colder ones "
+                f"searched the {len(searched)} hottest functions; {len(unsearched)} colder ones "
                 "keep their defaults (more --trials reach them)"
             )
         reach = self.to_90_percent()
@@ -455,7 +456,10 @@ def tune_model(
             builder=measurer.builder,
             runner=measurer.runner,
             database=database,
-            measure_callbacks=[*ms.MeasureCallback.create("default"), tracker.callback()],
+            measure_callbacks=[
+                *ms.MeasureCallback.create("default"),
+                tracker.callback([t.name for t, _ in searchable]),
+            ],
             cost_model=ms.CostModel.create("xgb", num_tuning_cores=measurer.workers),
         )
     except Exception as err:  # MetaSchedule raises TVMError / ValueError from its C++ scheduler

@@ -68,8 +68,9 @@ class TuneProgress:
             f"kernels best {best}, failed {failed} (last: {task})"
         )
 
-    def callback(self):
-        """A MetaSchedule measure callback that feeds :meth:`record`."""
+    def callback(self, searched: list[str]):
+        """A MetaSchedule measure callback that feeds :meth:`record`; ``searched`` names the tasks in the order
+        given to ``tune_tasks``, which is what its ``task_id`` counts (not the order of all the tasks)."""
         from tvm.ir.utils import derived_object
         from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
@@ -80,7 +81,7 @@ class TuneProgress:
         @derived_object
         class _Callback(PyMeasureCallback):
             def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-                task = progress.names[int(task_id)]
+                task = searched[int(task_id)]
                 times, errors = [], []
                 for built, ran in zip(builder_results, runner_results, strict=True):
                     secs = None

@@ -22,6 +22,23 @@ def test_failures_are_counted_and_never_become_the_best():
     assert "trial 4/8" in lines[-1] and "failed 2" in lines[-1]
 
 
+def test_meta_schedule_task_ids_count_the_searched_tasks_only():
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    progress = TuneProgress(["a", "b", "c"], [1, 1, 1], budget=4, started=0.0)
+    callback = progress.callback(["c", "a"])  # hottest first; b was not searched
+    built = [ms.builder.BuilderResult("unused.so", None)]
+    callback.apply(
+        ms.TaskScheduler.create("round-robin"),
+        1,
+        [],
+        built,
+        [ms.runner.RunnerResult([tvm.runtime.convert(0.001)], None)],
+    )
+    assert progress.trials == {"a": 1} and progress.best_ms == {"a": 1.0}
+
+
 def test_report_summary_and_time_to_90_percent():
     tasks = [
         TaskResult("conv", 2, "reduction-tile", 1.0, 0.5, trials=6, failures=1),
