@@ -13,8 +13,14 @@ having constant or run-time scalar operands, each value on the way used only the
    ``inv = 127 / s``, ReLU folded into the clip's lower bound (``lo = 0``). ``clip(0, hi)`` (ReLU6) folds the same
    way: ``s`` is the largest value of the clipped tensor, so ``s <= hi`` and the upper bound never binds below 127.
    FuseOps makes this one elementwise kernel from int32 to int8; the float values exist only in registers.
-2. The scale's reduction ``max|x|`` is left reading ``x``, now used by nothing else, so FuseOps fuses the
-   elementwise dequantize into the reduction: it reads the int32 accumulator, and no float32 tensor is written.
+2. The scale's reduction reads the accumulator too, and only as int32: ``x`` is ``act(a * A[c] + B[c])`` of
+   each accumulator value ``a`` in channel ``c``, a monotonic function of ``a`` (the chain's constants are per
+   channel, the activation clamps), so ``max|x|`` is reached at a channel's largest or smallest accumulator. The
+   reduction becomes ``max`` (and ``min``, unless ReLU after positive multipliers makes ``max`` enough) of the
+   accumulator per channel, then the dequantize and ``|.|`` on those few values: the same ``s`` (same float ops on
+   the same extreme value), no float32 tensor, integer reductions instead of float ones. (A second copy of the
+   dequantize feeding a float reduction would not do: the pattern rewrites of the build eliminate common
+   subexpressions, and the two copies would merge back into one float32 tensor written between the layers.)
    The next layer dequantizes with the same run-time scale (``s / 127 * w_scale``) as before.
 3. ``reshape`` / ``permute_dims`` between ``x`` and the quantize move after it and run on int8.
 4. ``max_pool2d`` moves *before* the dequantize and runs on the int32 accumulator: ``max`` commutes with any
