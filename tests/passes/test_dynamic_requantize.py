@@ -42,17 +42,22 @@ def _build(body) -> tvm.IRModule:
     return bb.get()
 
 
-def _conv1(bb, w, x, relu=True):
+ACTIVATIONS = {"relu": R.nn.relu, "relu6": lambda v: R.clip(v, R.prim_value(0.0), R.prim_value(6.0))}
+
+
+def _conv1(bb, w, x, activation="relu"):
     conv = bb.emit(R.nn.conv2d(x, relax.const(w["conv1"]), padding=[1, 1, 1, 1]))
     biased = bb.emit(R.add(conv, relax.const(w["bias1"])))
-    return bb.emit(R.nn.relu(biased)) if relu else biased
+    return bb.emit(ACTIVATIONS[activation](biased)) if activation else biased
 
 
-def _two_convs(w, relu=True) -> tvm.IRModule:
-    """conv 3x3 + bias [+ relu] -> conv 1x1 + bias."""
-    return _build(
-        lambda bb, x: R.add(R.nn.conv2d(_conv1(bb, w, x, relu), relax.const(w["conv2"])), relax.const(w["bias2"]))
-    )
+def _two_convs(w, activation="relu") -> tvm.IRModule:
+    """conv 3x3 + bias [+ activation] -> conv 1x1 + bias."""
+
+    def body(bb, x):
+        return R.add(R.nn.conv2d(_conv1(bb, w, x, activation), relax.const(w["conv2"])), relax.const(w["bias2"]))
+
+    return _build(body)
 
 
 def _pooled(w) -> tvm.IRModule:
@@ -244,7 +249,7 @@ def test_pooled_model_matches_numpy_emulation(weights):
 
 def test_without_activation_the_scale_takes_min_and_max(weights):
     """acc * A + B can be most negative: both extremes of each channel count."""
-    mod = _dynamic(_two_convs(weights, relu=False))
+    mod = _dynamic(_two_convs(weights, activation=None))
     reductions = sorted(
         c.op.name for c in _calls(mod, "relax.max") + _calls(mod, "relax.min") if c.args[0].ty.dtype == "int32"
     )
@@ -252,7 +257,7 @@ def test_without_activation_the_scale_takes_min_and_max(weights):
     path = _path_to_accumulator(mod, _calls(mod, "relax.nn.conv2d")[1])
     assert [float(a.value) for a in path[1].args[1:]] == [-127.0, 127.0]
     x = _samples()[0]
-    plain = _run(_dynamic(_two_convs(weights, relu=False), requantize=False), x)
+    plain = _run(_dynamic(_two_convs(weights, activation=None), requantize=False), x)
     np.testing.assert_allclose(_run(mod, x), plain, rtol=1e-4, atol=1e-4 * np.abs(plain).max())
 
 
@@ -272,3 +277,16 @@ def test_float_layer_input_is_left_alone(weights):
 def test_compiles_for_aarch64(weights):
     executable = tvm.compile(_dynamic(_pooled(weights)), target=tvm.target.Target(AARCH64))
     assert isinstance(executable, relax.VMExecutable)
+
+
+def test_relu6_folds_into_the_clip_and_keeps_the_numbers(weights):
+    """clip(0, 6): the scale is at most 6, so only the lower bound matters; ReLU6 is increasing: max alone."""
+    mod = _dynamic(_two_convs(weights, activation="relu6"))
+    path = _path_to_accumulator(mod, _calls(mod, "relax.nn.conv2d")[1])
+    assert [float(a.value) for a in path[1].args[1:]] == [0.0, 127.0]
+    assert not [c for c in _calls(mod, "relax.min") if c.args[0].ty.dtype == "int32"]
+    plain = _dynamic(_two_convs(weights, activation="relu6"), requantize=False)
+    for x in _samples():
+        x = x * 4  # ReLU6 saturates for part of the outputs
+        expected = _run(plain, x)
+        np.testing.assert_allclose(_run(mod, x), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
