@@ -25,14 +25,19 @@ class PipelineOptions:
 def _w8a8_dynamic_pipeline(options: PipelineOptions) -> list:
     import tvm
 
-    from edgetvm.pipeline.passes import DynamicQuantize
+    from edgetvm.pipeline.passes import DynamicQuantize, DynamicRequantize
 
     return [
         # 1. Fold constant subgraphs (e.g. a transposed Gemm weight) so that weights reach conv2d/matmul as constants.
         tvm.relax.transform.FoldConstant(),
         # 2. conv2d / matmul with constant weights -> int8 x int8 -> int32, dequantized to float32.
         DynamicQuantize(options.keep_float),
-        # 3. Quantize the (now int8) weights once at build time: fold what depends only on constants.
+        # 3. Batch norms become multiply-adds with constants (folded), which DynamicRequantize can see through.
+        tvm.relax.transform.DecomposeOpsForInference(),
+        tvm.relax.transform.FoldConstant(),
+        # 4. Between consecutive layers: int32 quantized straight to int8 with the run-time scale.
+        DynamicRequantize(),
+        # 5. Quantize the (now int8) weights once at build time: fold what depends only on constants.
         tvm.relax.transform.FoldConstant(),
     ]
 

@@ -154,7 +154,8 @@ NONE = register_scheme(
 W8A8_DYNAMIC = register_scheme(
     QuantScheme(
         name="w8a8-dynamic",
-        description="int8 symmetric per-output-channel weights, int8 per-tensor activations scaled at run time",
+        description="int8 symmetric per-output-channel weights, int8 per-tensor activations scaled at run time, "
+        "requantized between layers",
         weight_bits=8,
         weight_granularity="per-channel",
         symmetric=True,

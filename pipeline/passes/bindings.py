@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax
+
+from edgetvm.pipeline.calibration_stats import QMAX
 
 
 def op_name(expr: relax.Expr) -> str | None:
@@ -19,3 +22,44 @@ def use_counts(func: relax.Function) -> dict[relax.Var, int]:
         for var in relax.analysis.free_vars(expr):
             counts[var] = counts.get(var, 0) + 1
     return counts
+
+
+def float32_constant(expr: relax.Expr) -> np.ndarray | None:
+    """The value of a float32 constant, else None."""
+    if isinstance(expr, tvm.ir.GenericConst) and expr.ty.dtype == "float32":
+        return expr.value.numpy()
+    return None
+
+
+def number(expr: relax.Expr) -> float | None:
+    """The number of clip's bound arguments (an ``IntImm`` / ``FloatImm``, or a ``PrimValue`` of one), else None."""
+    while expr is not None and not isinstance(expr, int | float):
+        expr = getattr(expr, "value", None)
+    return None if expr is None else float(expr)
+
+
+class BoundValues:
+    """What each variable of ``func`` is bound to, and how many uses it has."""
+
+    def __init__(self, func: relax.Function):
+        self._values = relax.analysis.get_var2val(func)
+        self.uses = use_counts(func)
+
+    def of(self, expr: relax.Expr, uses: int | None = 1) -> relax.Expr | None:
+        """The value bound to ``expr`` when it is a bound variable with exactly ``uses`` uses (None: any number)."""
+        if not isinstance(expr, relax.Var) or expr not in self._values:
+            return None
+        if uses is not None and self.uses.get(expr, 0) != uses:
+            return None
+        return self._values[expr]
+
+    def rounded_to_int8(self, call: relax.Expr) -> relax.Expr | None:
+        """``v`` when ``call`` is ``astype(clip(round(v), -127, 127), int8)``, the quantize both activation schemes
+        write; else None."""
+        if op_name(call) != "relax.astype" or str(call.attrs.dtype) != "int8":
+            return None
+        clip = self.of(call.args[0], uses=None)
+        if op_name(clip) != "relax.clip" or [number(a) for a in clip.args[1:]] != [-QMAX, QMAX]:
+            return None
+        rounded = self.of(clip.args[0], uses=None)
+        return rounded.args[0] if op_name(rounded) == "relax.round" else None

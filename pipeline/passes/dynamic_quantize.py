@@ -5,8 +5,9 @@ quantized at run time, symmetric, one scale per tensor computed in the graph (``
 accumulator is converted back to float32 and multiplied by ``x_scale * w_scale[channel]``, so every rewritten
 operator takes and returns float32 and the rest of the graph is unchanged.
 
-Static (calibrated) scales and requantization between layers are ``static_quantize.py`` and ``requantize.py``.
-Not done yet: requantization with run-time scales, asymmetric activations.
+Between two int8 layers ``dynamic_requantize.py`` then quantizes the int32 accumulator straight to the next
+layer's int8 with its run-time scale. Static (calibrated) scales and their requantization are
+``static_quantize.py`` and ``requantize.py``. Not done yet: asymmetric activations.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from tvm import relax
 from tvm.script import relax as R
 
 from edgetvm.pipeline.calibration_stats import QMAX
-from edgetvm.pipeline.passes.bindings import op_name, use_counts
+from edgetvm.pipeline.passes.bindings import BoundValues, float32_constant, number, op_name
 from edgetvm.pipeline.passes.static_quantize import quantize_static
 
 # Ops that commute with quantization by a positive per-tensor scale: q(op(x)) == op(q(x)).
@@ -47,41 +47,18 @@ class Requantize:
         return relax.transform.DeadCodeElimination(["main"])(updated)
 
 
-def _float_const(expr: relax.Expr) -> np.ndarray | None:
-    if isinstance(expr, tvm.ir.GenericConst) and expr.ty.dtype == "float32":
-        return expr.value.numpy()
-    return None
-
-
 @relax.expr_functor.mutator
 class _Requantizer(relax.PyExprMutator):
     def __init__(self, func: relax.Function):
         super().__init__()
-        self._values = relax.analysis.get_var2val(func)
-        self._uses = use_counts(func)
-
-    def _value(self, expr: relax.Expr, single_use: bool = True) -> relax.Expr | None:
-        """The call bound to ``expr`` when it is a var (used only once, with ``single_use``)."""
-        if not isinstance(expr, relax.Var) or expr not in self._values:
-            return None
-        if single_use and self._uses.get(expr, 0) != 1:
-            return None
-        return self._values[expr]
+        self._bound = BoundValues(func)
 
     def _quantize_root(self, call: relax.Call) -> tuple[relax.Expr, np.float32] | None:
         """``(x, s)`` when ``call`` is ``astype(clip(round(x / s), -127, 127), int8)`` (``quantize_static``)."""
-        if op_name(call) != "relax.astype" or str(call.attrs.dtype) != "int8":
-            return None
-        clip = self._value(call.args[0], single_use=False)
-        if op_name(clip) != "relax.clip" or [_prim(a) for a in clip.args[1:]] != [-QMAX, QMAX]:
-            return None
-        rounded = self._value(clip.args[0], single_use=False)
-        if op_name(rounded) != "relax.round":
-            return None
-        divide = self._value(rounded.args[0], single_use=False)
+        divide = self._bound.of(self._bound.rounded_to_int8(call), uses=None)
         if op_name(divide) != "relax.divide":
             return None
-        scale = _float_const(divide.args[1])
+        scale = float32_constant(divide.args[1])
         if scale is None or scale.size != 1 or not float(scale) > 0:
             return None
         return divide.args[0], np.float32(scale.reshape(()))
@@ -92,7 +69,7 @@ class _Requantizer(relax.PyExprMutator):
             return super().visit_call_(call)
         data, scale = root
         moved: list[relax.Call] = []  # int8-safe ops between the quantize and what it quantizes, outermost first
-        while (value := self._value(data)) is not None and op_name(value) in INT8_SAFE_OPS:
+        while (value := self._bound.of(data)) is not None and op_name(value) in INT8_SAFE_OPS:
             moved.append(value)
             data = value.args[0]
         result = self._rescale(data, scale)
@@ -108,25 +85,25 @@ class _Requantizer(relax.PyExprMutator):
         """``int8(clip(round(acc * A / s + B / s), lo, hi))`` when ``data`` is ``[relu|clip](acc * A [+ B])`` of
         an int32 accumulator ``acc``; None otherwise."""
         low, high = -float(QMAX), float(QMAX)
-        value = self._value(data)
+        value = self._bound.of(data)
         if op_name(value) == "relax.nn.relu":
             low, data = 0.0, value.args[0]
         elif op_name(value) == "relax.clip":
-            bounds = [_prim(a) for a in value.args[1:]]
+            bounds = [number(a) for a in value.args[1:]]
             if None in bounds:
                 return None
             low = max(low, float(np.round(bounds[0] / scale)))
             high = min(high, float(np.round(bounds[1] / scale)))
             data = value.args[0]
         bias = None
-        value = self._value(data)
-        if op_name(value) == "relax.add" and _float_const(value.args[1]) is not None:
-            bias, data = _float_const(value.args[1]), value.args[0]
-            value = self._value(data)
-        if op_name(value) != "relax.multiply" or _float_const(value.args[1]) is None:
+        value = self._bound.of(data)
+        if op_name(value) == "relax.add" and float32_constant(value.args[1]) is not None:
+            bias, data = float32_constant(value.args[1]), value.args[0]
+            value = self._bound.of(data)
+        if op_name(value) != "relax.multiply" or float32_constant(value.args[1]) is None:
             return None
-        multiplier = _float_const(value.args[1])
-        cast = self._value(value.args[0])
+        multiplier = float32_constant(value.args[1])
+        cast = self._bound.of(value.args[0])
         if op_name(cast) != "relax.astype" or cast.args[0].ty.dtype != "int32":
             return None
         rescaled = R.multiply(R.astype(self.visit_expr(cast.args[0]), "float32"), _const(multiplier / scale))
@@ -137,10 +114,3 @@ class _Requantizer(relax.PyExprMutator):
 
 def _const(array: np.ndarray) -> relax.Expr:
     return relax.const(np.asarray(array, dtype=np.float32))
-
-
-def _prim(expr: relax.Expr) -> float | None:
-    """The number of clip's bound arguments (an ``IntImm`` / ``FloatImm``, or a ``PrimValue`` of one), else None."""
-    while expr is not None and not isinstance(expr, int | float):
-        expr = getattr(expr, "value", None)
-    return None if expr is None else float(expr)
