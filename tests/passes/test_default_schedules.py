@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -70,6 +72,8 @@ CONVS = {
     "conv5x5": ((1, 8, 16, 16), 16, 5, 1, 1),
     "depthwise3x3": ((1, 32, 18, 18), 32, 3, 1, 32),
     "depthwise3x3-stride2": ((1, 24, 17, 17), 24, 3, 2, 24),
+    "depthwise5x5-200-channels": ((1, 200, 2, 12), 200, 5, 1, 200),
+    "conv1x1-200-channels": ((1, 32, 2, 12), 200, 1, 1, 1),  # 5-vector tiles
 }
 
 
@@ -92,6 +96,32 @@ def test_conv2d_with_epilogue_matches_numpy(name):
     conv_functions = {n: r for n, r in report.functions.items() if "conv2d" in n}
     assert conv_functions and set(conv_functions.values()) == {"reduction-tile"}, report.functions
     assert not report.naive()
+
+
+def _scheduled_blocks(mod, target=X86) -> dict[str, set[str]]:
+    """Block names of each scheduled PrimFunc of ``mod`` built by edgetvm's Relax pipeline."""
+    with target:
+        lowered = relax_pipeline(target, ScheduleReport())(mod)
+    return {
+        gv.name_hint: set(re.findall(r'T\.sblock\("([^"]+)"\)', func.script()))
+        for gv, func in lowered.functions.items()
+        if isinstance(func, tvm.tirx.PrimFunc)
+    }
+
+
+@pytest.mark.parametrize(
+    "shape, out_c, k, groups, copied",
+    [
+        ((1, 32, 18, 18), 32, 3, 32, False),  # depthwise: reads through the bounds check
+        ((1, 3, 33, 33), 24, 3, 1, False),  # 3 input channels: the padded copy would be scalar code
+        ((1, 16, 20, 20), 32, 3, 1, True),  # 16 channels summed per input value: the copy pays
+    ],
+)
+def test_padding_is_a_copy_only_where_it_pays(shape, out_c, k, groups, copied):
+    w = RNG.standard_normal((out_c, shape[1] // groups, k, k)).astype("float32")
+    mod = _module(shape, lambda v: relax.op.nn.conv2d(v, _const(w), padding=1, groups=groups))
+    (blocks,) = [names for name, names in _scheduled_blocks(mod).items() if "conv2d" in name]
+    assert any(name.startswith("pad_temp") for name in blocks) == copied, blocks
 
 
 @pytest.mark.parametrize("out_c, padded", [(42, True), (28, True), (32, False), (6, False)])
