@@ -47,7 +47,7 @@ class TargetPreset:
         Whether int8 schemes quantize depthwise convs here. Off where int8 depthwise is no faster than float:
         a depthwise conv has no channel sum for widening multiply-adds (x86's ``vpmaddwd``) to pair up, so it
         buys nothing and costs a quantize of every block's output (BlazeFace w8a8-static on this AVX2 host:
-        1.20 ms with int8 depthwise, 1.02 ms without, float 1.20 ms; one thread). Such layers stay float like the
+        1.31 ms with int8 depthwise, 1.00 ms without, float 1.13 ms; one thread). Such layers stay float like the
         scheme's narrow ones, and the manifest says so.
     """
 
