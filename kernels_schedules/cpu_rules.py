@@ -221,8 +221,19 @@ def choose_tile(
     return TileChoice(rows, cols)
 
 
+def _iters(block, kind: int) -> list:
+    """The block's iteration variables of ``kind`` (``tirx.IterVar.DataPar`` or ``CommReduce``), in order."""
+    return [iv for iv in block.iter_vars if int(iv.iter_type) == kind]
+
+
 def _reduction_vars(block) -> list:
-    return [iv.var for iv in block.iter_vars if int(iv.iter_type) == tirx.IterVar.CommReduce]
+    return [iv.var for iv in _iters(block, tirx.IterVar.CommReduce)]
+
+
+def _input_regions(block) -> list:
+    """What the block reads besides its own output (an accumulating update reads that too)."""
+    output = block.writes[0].source
+    return [region for region in block.reads if not region.source.same_as(output)]
 
 
 def _kernel_of(sch: s_tir.Schedule, block) -> str | None:
@@ -241,8 +252,7 @@ def is_dot_form(sch: s_tir.Schedule, anchor) -> bool:
     if not reduction_vars:
         return False
     inner = reduction_vars[-1]
-    output = block.writes[0].source
-    inputs = [region for region in block.reads if not region.source.same_as(output)]
+    inputs = _input_regions(block)
     return len(inputs) == 2 and all(
         region.region[-1].min.same_as(inner) and int(region.region[-1].extent) == 1 for region in inputs
     )
@@ -256,10 +266,7 @@ def _window_row_is_contiguous(sch: s_tir.Schedule, anchor) -> bool:
     if len(reduction_vars) < 2:
         return False
     kx = reduction_vars[-2]
-    output = block.writes[0].source
-    for region in block.reads:
-        if region.source.same_as(output):
-            continue
+    for region in _input_regions(block):
         index = region.region[-2].min
         if not (isinstance(index, tirx.Add) and index.b.same_as(kx)) and not index.same_as(kx):
             return False
@@ -271,17 +278,11 @@ def _input_is_shared(sch: s_tir.Schedule, anchor) -> bool:
     broadcast across a tile row (a conv's input channel, which every output channel sums), not a vector per
     column (depthwise, pooling). The block's loops match its iteration variables (``_loops_match_iters``)."""
     block = sch.get(anchor)
-    spatial = [iv.var for iv in block.iter_vars if int(iv.iter_type) == tirx.IterVar.DataPar]
+    spatial = _iters(block, tirx.IterVar.DataPar)
     if not spatial:
         return False
-    cols_var = spatial[-1]
-    output = block.writes[0].source
-    for region in block.reads:
-        if region.source.same_as(output):
-            continue
-        if not any(_uses(axis.min, cols_var) for axis in region.region):
-            return True
-    return False
+    cols_var = spatial[-1].var
+    return any(not any(_uses(axis.min, cols_var) for axis in region.region) for region in _input_regions(block))
 
 
 def _uses(expr, var) -> bool:
@@ -429,7 +430,7 @@ def _padding_inlines_well(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> bool:
     if not _input_is_shared(sch, anchor):
         return True
     block = sch.get(anchor)
-    reduction = [iv for iv in block.iter_vars if int(iv.iter_type) == tirx.IterVar.CommReduce]
+    reduction = _iters(block, tirx.IterVar.CommReduce)
     lanes = facts.lanes(str(block.writes[0].source.dtype))
     channels = reduction[-1].dom.extent if reduction else None
     return isinstance(channels, tirx.IntImm) and int(channels) < lanes
