@@ -85,28 +85,24 @@ class _LayerRewriter(relax.PyExprMutator):
 def narrow_layers(mod: tvm.IRModule, min_input_channels: int) -> list[str]:
     """Keys of the conv2d layers of ``mod["main"]`` with one group and fewer than ``min_input_channels`` input
     channels (a first layer over 3 colour channels)."""
-    keys: list[str] = []
-
-    def visit(call: relax.Call, key: str) -> relax.Expr:
-        if call.op.name == "relax.nn.conv2d" and int(call.attrs.groups) == 1:
-            layout = str(call.attrs.kernel_layout)
-            if int(call.args[1].ty.shape[layout.index("I")]) < min_input_channels:
-                keys.append(key)
-        return call
-
-    if min_input_channels > 0:
-        rewrite_layers(mod["main"], visit)
-    return keys
+    if min_input_channels <= 0:
+        return []
+    return _conv_keys(mod, lambda groups, per_group: groups == 1 and per_group < min_input_channels)
 
 
 def depthwise_layers(mod: tvm.IRModule) -> list[str]:
     """Keys of the depthwise conv2d layers of ``mod["main"]``: grouped, one input channel per group."""
+    return _conv_keys(mod, lambda groups, per_group: groups > 1 and per_group == 1)
+
+
+def _conv_keys(mod: tvm.IRModule, select: Callable[[int, int], bool]) -> list[str]:
+    """Keys of the conv2d layers for which ``select(groups, input channels per group)`` holds."""
     keys: list[str] = []
 
     def visit(call: relax.Call, key: str) -> relax.Expr:
-        if call.op.name == "relax.nn.conv2d" and int(call.attrs.groups) > 1:
-            layout = str(call.attrs.kernel_layout)
-            if int(call.args[1].ty.shape[layout.index("I")]) == 1:
+        if call.op.name == "relax.nn.conv2d":
+            per_group = int(call.args[1].ty.shape[str(call.attrs.kernel_layout).index("I")])
+            if select(int(call.attrs.groups), per_group):
                 keys.append(key)
         return call
 
