@@ -217,10 +217,11 @@ def test_two_convs_build_writes_no_float32_tensor_between_the_layers(weights):
     assert ("int32", (1, 8, 8, 8)) in [(dtype, shape) for _, dtype, shape in after]
 
 
-def test_two_convs_match_numpy_emulation(weights):
-    requantized = _dynamic(_two_convs(weights))
+@pytest.mark.parametrize("model, emulate", [(_two_convs, _emulate_two_convs), (_pooled, _emulate_pooled)])
+def test_requantized_model_matches_numpy_emulation(weights, model, emulate):
+    requantized = _dynamic(model(weights))
     for x in _samples():
-        expected, step = _emulate_two_convs(weights, x)
+        expected, step = emulate(weights, x)
         _assert_within_one_step(_run(requantized, x), expected, step)
 
 
@@ -238,13 +239,6 @@ def test_pool_and_reshape_move_across_the_quantize(weights):
     assert not [shape for _, dtype, shape in kernels if dtype == "float32" and np.prod(shape) > 8]
     before = _fused_tensors(_dynamic(_pooled(weights), requantize=False))
     assert (1, 8, 8, 8) in [shape for _, dtype, shape in before if dtype == "float32"]
-
-
-def test_pooled_model_matches_numpy_emulation(weights):
-    requantized = _dynamic(_pooled(weights))
-    for x in _samples():
-        expected, step = _emulate_pooled(weights, x)
-        _assert_within_one_step(_run(requantized, x), expected, step)
 
 
 def test_without_activation_the_scale_takes_min_and_max(weights):
