@@ -242,6 +242,26 @@ def choose_pair_tile(rows_extent: int, cols_extent: int) -> TileChoice:
     return best
 
 
+def _tile_split(sch: s_tir.Schedule, loop, inner: int, max_inner: int) -> list:
+    """``split(loop, [None, inner])``, with ``inner`` a MetaSchedule decision among the loop's other tile sizes.
+
+    The candidates are the divisors of the extent from 2 to ``max_inner`` (no unit loop, whose absence would
+    change the loops a replayed trace gets). A compile replays the default decision; the tuner's
+    ``TileNeighbours`` mutator (``pipeline.tune``) moves it to the next candidate up or down, so a search that
+    starts from the default schedule tries its neighbouring tiles.
+    """
+    extent = _extent(sch, loop)
+    if extent is None or inner == 1:
+        return sch.split(loop, [None, inner])
+    candidates = sorted({d for d in range(2, min(extent, max_inner) + 1) if extent % d == 0} | {inner})
+    if len(candidates) < 2:
+        return sch.split(loop, [None, inner])
+    factor = sch.sample_categorical(
+        candidates=candidates, probs=[1.0 / len(candidates)] * len(candidates), decision=candidates.index(inner)
+    )
+    return sch.split(loop, [None, factor])
+
+
 def _iters(block, kind: int) -> list:
     """The block's iteration variables of ``kind`` (``tirx.IterVar.DataPar`` or ``CommReduce``), in order."""
     return [iv for iv in block.iter_vars if int(iv.iter_type) == kind]
@@ -312,6 +332,8 @@ def _uses(expr, var) -> bool:
 
 # Dot-form tile: rows x cols scalar accumulators, each vectorised by LLVM along the reduction.
 DOT_TILE = TileChoice(rows=4, cols=4)
+MAX_TILE_ROWS = 16  # how far tuning may grow a tile: rows (or dot-form columns), and vectors of columns
+MAX_TILE_VECTORS = 6
 
 
 def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> object:
@@ -353,39 +375,40 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
     else:
         tile = choose_tile(rows_extent, cols_extent, lanes, facts, _input_is_shared(sch, anchor))
 
-    c_outer, c_inner = sch.split(cols_loop, [None, tile.cols])
+    # Lanes: one vpmaddwd's 8 in the pair kernel, one hardware vector per instruction in float (LLVM scalarises
+    # much of a 24- or 28-wide vector's arithmetic), none in dot form (LLVM vectorises its reduction).
+    lane = PAIR_LANES if pairs else 1 if dot else vector_width(tile.cols, lanes)
+    if lane > 1:
+        c_all, c_lane = sch.split(cols_loop, [None, lane])
+        c_outer, c_vec = _tile_split(sch, c_all, tile.cols // lane, MAX_TILE_VECTORS)
+        col_loops = [c_vec, c_lane]
+    else:
+        c_outer, c_inner = _tile_split(sch, cols_loop, tile.cols, MAX_TILE_ROWS)
+        col_loops = [c_inner]
     outer = [loop for loop in spatial[:-1] if loop != rows_loop]
     if rows_loop is not None:
-        r_outer, r_inner = sch.split(rows_loop, [None, tile.rows])
+        r_outer, r_inner = _tile_split(sch, rows_loop, tile.rows, MAX_TILE_ROWS)
         outer_loops = [*outer, r_outer, c_outer]
-        tile_loops = [r_inner, c_inner]
+        tile_loops = [r_inner, *col_loops]
     else:
         outer_loops = [*outer, c_outer]
-        tile_loops = [c_inner]
+        tile_loops = col_loops
+    tile_cols = int(np.prod([_extent(sch, loop) or 1 for loop in col_loops]))  # tile.cols unless tuning mutated it
     if dot and len(reduction) >= 2 and _window_row_is_contiguous(sch, anchor):
         # NHWC with OHWI weights: (kernel column, input channel) is one contiguous run in both operands,
         # so one longer dot loop replaces kw short ones (and their horizontal sums).
         sch.reorder(*outer_loops, *reduction[:-2], *tile_loops, *reduction[-2:])
         reduction = [*reduction[:-2], sch.fuse(reduction[-2], reduction[-1])]
-    elif dot:
-        sch.reorder(*outer_loops, *reduction[:-1], *tile_loops, reduction[-1])
-    elif pairs:
-        # ... ry, rx, rc | rows, vectors, 8 lanes x 2 channels -> one vpmaddwd
-        c_vec, c_lane = sch.split(tile_loops[-1], [None, PAIR_LANES])
-        tile_loops = [*tile_loops[:-1], c_vec, c_lane]
+    elif dot or pairs:
+        # pairs: ... ry, rx, rc | rows, vectors, 8 lanes x 2 channels -> one vpmaddwd
         sch.reorder(*outer_loops, *reduction[:-1], *tile_loops, reduction[-1])
     else:
         sch.reorder(*outer_loops, *reduction, *tile_loops)
-    width = vector_width(tile.cols, lanes)
-    if not (dot or pairs) and 1 < width < tile.cols:
-        # One hardware vector per instruction: LLVM scalarises much of a 24- or 28-wide vector's arithmetic.
-        c_vec, c_lane = sch.split(tile_loops[-1], [None, width])
-        tile_loops = [*tile_loops[:-1], c_vec, c_lane]
     parallel = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
     sch.reverse_compute_at(epilogue, parallel)
     if _worth_parallel(work):
         sch.parallel(parallel)
-    vectorized = not dot and width > 1
+    vectorized = lane > 1
     if vectorized and not pairs:
         sch.vectorize(tile_loops[-1])
     if reduction:
@@ -407,11 +430,11 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
             sch.unroll(loop)
     # The epilogue: vectorise its innermost axis.
     epi_loops = sch.get_loops(epilogue)[1:]
-    if epi_loops and (_extent(sch, epi_loops[-1]) or 0) == tile.cols:
+    if epi_loops and (_extent(sch, epi_loops[-1]) or 0) == tile_cols:
         inner = epi_loops[-1]
-        epilogue_width = vector_width(tile.cols, facts.lanes(_dtype_of(sch, epilogue)))
+        epilogue_width = vector_width(tile_cols, facts.lanes(_dtype_of(sch, epilogue)))
         if epilogue_width > 1:
-            if epilogue_width < tile.cols:
+            if epilogue_width < tile_cols:
                 _, inner = sch.split(inner, [None, epilogue_width])
             sch.vectorize(inner)
     return parallel
@@ -505,8 +528,13 @@ def schedule_function(func: tirx.PrimFunc, target: Target) -> tuple[s_tir.Schedu
 
     Raises ``s_tir.ScheduleError`` when a primitive refuses the function's shape.
     """
-    facts = CPUFacts.of(target)
     sch = s_tir.Schedule(func)
+    return sch, apply_default_schedule(sch, target)
+
+
+def apply_default_schedule(sch: s_tir.Schedule, target: Target) -> str:
+    """Schedule ``sch`` (one fused function) in place; returns the rule's name. See ``schedule_function``."""
+    facts = CPUFacts.of(target)
     blocks = _root_blocks(sch)
     reductions = [b for b in blocks if "R" in _block_kinds(sch, b)]
     if not reductions:
@@ -514,12 +542,12 @@ def schedule_function(func: tirx.PrimFunc, target: Target) -> tuple[s_tir.Schedu
         try_inline_all(sch, keep=outputs)
         for block in _root_blocks(sch):
             schedule_elementwise(sch, block, facts, _dtype_of(sch, block))
-        return sch, "elementwise"
+        return "elementwise"
     if len(reductions) == 1 and set(_block_kinds(sch, reductions[0])) == {"R"}:
         anchor_name = sch.get(reductions[0]).name_hint
         try_inline_all(sch, keep={anchor_name})
         schedule_full_reduction(sch, sch.get_sblock(anchor_name), facts)
-        return sch, "full-reduction"
+        return "full-reduction"
     if len(reductions) == 1 and _loops_match_iters(sch, reductions[0]):
         anchor = reductions[0]
         keep = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
@@ -535,6 +563,6 @@ def schedule_function(func: tirx.PrimFunc, target: Target) -> tuple[s_tir.Schedu
         for block in _root_blocks(sch):
             if not _is_under(sch, block, tiled):
                 schedule_elementwise(sch, block, facts, _dtype_of(sch, block))
-        return sch, "reduction-tile"
+        return "reduction-tile"
     schedule_generic(sch, facts)
-    return sch, "generic"
+    return "generic"

@@ -147,7 +147,7 @@ class TuningReport:
             lines.append(f"summed kernel time: default {default:.4f} ms, tuned {tuned:.4f} ms ({default / tuned:.2f}x)")
         if unsearched:
             lines.append(
-                f"searched the {len(searched)} hottest functions; {len(unsearched)} colder ones "
+                f"measured candidates of the {len(searched)} hottest functions; {len(unsearched)} colder ones "
                 "keep their defaults (more --trials reach them)"
             )
         reach = self.to_90_percent()
@@ -260,17 +260,84 @@ def _best_ms(database, task: TuningTask) -> float | None:
 
 def _measure(measurer: Measurer, target, sch, func) -> tuple[list[float] | None, str | None]:
     """Build and time one schedule the way MetaSchedule times a candidate; (run_secs, error)."""
+    return _measure_batch(measurer, target, [sch], func)[0]
+
+
+def _measure_batch(measurer: Measurer, target, schedules: list, func) -> list[tuple[list[float] | None, str | None]]:
+    """Build ``schedules`` of ``func`` (on the builder's workers at once), then time each; (run_secs, error)."""
     from tvm.s_tir import meta_schedule as ms
 
-    (built,) = measurer.builder.build([ms.builder.BuilderInput(sch.mod, target)])
-    if built.error_msg:
-        return None, f"build: {last_line(built.error_msg)}"
+    results: list[tuple[list[float] | None, str | None]] = []
+    built = measurer.builder.build([ms.builder.BuilderInput(sch.mod, target) for sch in schedules])
     args_info = ms.arg_info.ArgInfo.from_prim_func(func)
-    (future,) = measurer.runner.run([ms.runner.RunnerInput(built.artifact_path, measurer.device, args_info)])
-    result = future.result()
-    if result.error_msg:
-        return None, f"run: {last_line(result.error_msg)}"
-    return [float(s) for s in result.run_secs], None
+    for result in built:
+        if result.error_msg:
+            results.append((None, f"build: {last_line(result.error_msg)}"))
+            continue
+        (future,) = measurer.runner.run([ms.runner.RunnerInput(result.artifact_path, measurer.device, args_info)])
+        ran = future.result()
+        if ran.error_msg:
+            results.append((None, f"run: {last_line(ran.error_msg)}"))
+        else:
+            results.append(([float(secs) for secs in ran.run_secs], None))
+    return results
+
+
+def climb_hottest(database, tasks: list[TuningTask], target, measurer: Measurer, tracker, options, budget: int) -> int:
+    """:func:`climb_task` over ``tasks`` in order (hottest first), at most two batches' worth each.
+
+    Every task with a default schedule can climb, those MetaSchedule refuses included; a climb ends where no
+    neighbouring tile is faster, typically after a few candidates, so the budget reaches many more functions
+    than the evolutionary search does.
+    """
+    used = 0
+    for task in tasks:
+        share = min(budget - used, MIN_BATCHES_PER_TASK * options.batch // 2)
+        if share <= 0:
+            break
+        used += climb_task(database, task, target, measurer, tracker, share)
+    if used:
+        log.info("climbing the default tiles measured %d candidates", used)
+    return used
+
+
+def climb_task(database, task: TuningTask, target, measurer: Measurer, tracker, budget: int) -> int:
+    """Hill-climb ``task``'s default tile decisions (``pipeline.tile_climb``); returns the candidates measured.
+
+    Starts from the fastest default-derived record (the default schedule itself on a first run) and skips every
+    decision already measured, so a second run goes on from where the first stopped.
+    """
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgetvm.pipeline import tile_climb
+
+    workload = database.commit_workload(task.mod)
+    records = [r for r in database.get_top_k(workload, 1 << 20) if tile_climb.decisions(r.trace)]
+    if not records:
+        return 0
+    measured = {tile_climb.key(r.trace) for r in records}
+    args_info = ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])
+
+    def measure(traces: list) -> list[float | None]:
+        schedules = []
+        for trace in traces:
+            sch = tvm.s_tir.Schedule(task.mod)
+            trace.apply_to_schedule(sch, remove_postproc=True)
+            schedules.append(sch)
+        times, errors = [], []
+        for sch, (run_secs, error) in zip(
+            schedules, _measure_batch(measurer, target, schedules, task.mod["main"]), strict=True
+        ):
+            secs = run_secs if run_secs is not None else [FAILED_SECONDS * 10]
+            database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, secs, target, args_info))
+            times.append(_seconds(secs))
+            errors.append(error)
+        tracker.record(task.name, times, errors)
+        return times
+
+    best = records[0]
+    return tile_climb.climb(best.trace, _seconds(best.run_secs), measure, budget, measured)
 
 
 def seed_defaults(database, tasks: list[TuningTask], target: TargetPreset, measurer: Measurer, progress=None):
@@ -316,6 +383,33 @@ def _recorded_default_ms(database, task: TuningTask, sch) -> float | None:
             secs = _seconds(record.run_secs)
             return None if secs is None else secs * 1e3
     return None
+
+
+def design_space(target: TargetPreset):
+    """MetaSchedule's own design space, and the default schedule's (``cpu_rules``) with its tile decisions free.
+
+    The default schedule samples its tiles with their default decisions: the evolutionary search, which starts
+    from the best records (the seeded defaults first), mutates them into neighbouring tiles of the same kernel,
+    where MetaSchedule's own space alone rarely came near the defaults in a short budget.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgetvm.kernels_schedules.cpu_rules import apply_default_schedule
+    from edgetvm.pipeline.tile_climb import tile_neighbours
+
+    tvm_target = target.tvm_target()
+
+    def defaults(sch):
+        try:
+            apply_default_schedule(sch, tvm_target)
+        except Exception:  # a ScheduleError: no default for this function, MetaSchedule's own space only
+            return []
+        return [sch]
+
+    return ms.space_generator.SpaceGeneratorUnion(
+        [ms.space_generator.PostOrderApply(), ms.space_generator.ScheduleFn(defaults)],
+        mutator_probs={**ms.Mutator.create("llvm"), tile_neighbours(): 1.0},
+    )
 
 
 def search_strategy(options: TuneOptions):
@@ -419,7 +513,7 @@ def tune_model(
         ms.TuneContext(
             mod=task.mod,
             target=tvm_target,
-            space_generator="post-order-apply",
+            space_generator=design_space(target),
             search_strategy=search_strategy(options),
             task_name=task.name,
             rand_state=-1 if options.seed is None else options.seed + i,
@@ -442,28 +536,39 @@ def tune_model(
     if not searchable:
         raise BuildError(f"MetaSchedule has no design space for any function of {imported.path}")
     searchable, colder = hottest_first(searchable, tracker.best_ms, options)
-    for task, _ in colder:
-        tracker.errors[task.name] = f"{NOT_SEARCHED}: the trial budget went to hotter functions (raise --trials)"
     log.info("searching the %d hottest of %d functions (%d trials)", len(searchable), len(tasks), options.trials)
     work_dir = target_db_dir(options.db, target)
+    # The default schedules' neighbouring tiles first (hottest function first, up to half the budget), then
+    # MetaSchedule's search in whole batches; what is left of the budget below a batch climbs on.
+    by_heat = sorted(tasks, key=lambda task: -(tracker.best_ms.get(task.name) or 0.0) * task.weight)
+    climbed = climb_hottest(database, by_heat, tvm_target, measurer, tracker, options, options.trials // 2)
+    remaining = options.trials - climbed
+    per_iter = min(options.batch, remaining)
+    searched = remaining // per_iter * per_iter if per_iter else 0
     try:
-        ms.tune_tasks(
-            tasks=[context for _, context in searchable],
-            task_weights=[float(task.weight) for task, _ in searchable],
-            work_dir=str(work_dir),
-            max_trials_global=options.trials,
-            num_trials_per_iter=options.batch,
-            builder=measurer.builder,
-            runner=measurer.runner,
-            database=database,
-            measure_callbacks=[
-                *ms.MeasureCallback.create("default"),
-                tracker.callback([t.name for t, _ in searchable]),
-            ],
-            cost_model=ms.CostModel.create("xgb", num_tuning_cores=measurer.workers),
-        )
+        if searched:
+            ms.tune_tasks(
+                tasks=[context for _, context in searchable],
+                task_weights=[float(task.weight) for task, _ in searchable],
+                work_dir=str(work_dir),
+                max_trials_global=searched,
+                num_trials_per_iter=per_iter,
+                builder=measurer.builder,
+                runner=measurer.runner,
+                database=database,
+                measure_callbacks=[
+                    *ms.MeasureCallback.create("default"),
+                    tracker.callback([t.name for t, _ in searchable]),
+                ],
+                cost_model=ms.CostModel.create("xgb", num_tuning_cores=measurer.workers),
+            )
     except Exception as err:  # MetaSchedule raises TVMError / ValueError from its C++ scheduler
         raise BuildError(f"tuning {imported.path} for {target.name} failed in MetaSchedule: {last_line(err)}") from err
+    if options.trials > tracker.total:
+        climb_hottest(database, by_heat, tvm_target, measurer, tracker, options, options.trials - tracker.total)
+    for task, _ in colder:
+        if not tracker.trials.get(task.name):
+            tracker.errors[task.name] = f"{NOT_SEARCHED}: the trial budget went to hotter functions (raise --trials)"
     results = [
         TaskResult(
             task.name,

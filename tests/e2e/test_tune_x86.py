@@ -138,7 +138,10 @@ def test_a_function_meta_schedule_cannot_search_keeps_its_default(tmp_path):
     report = tune_model(imported, target, TuneOptions(2, tmp_path / "db"), local_measurer(target))
     refused = [r.name for r in report.tasks if r.error and "no design space" in r.error]
     assert len(refused) == 1 and len(report.tasks) == 2, [(r.name, r.error) for r in report.tasks]
-    assert report.trials == 2  # the other function was searched
-    # and its trials are counted as its own (MetaSchedule's task ids count the searched tasks only)
-    assert {r.name: r.trials for r in report.tasks if r.name not in refused}.popitem()[1] == 2
-    assert all(r.trials == 0 for r in report.tasks if r.name in refused)
+    # Its default tiles may still climb (one trial of the two, if it is the hotter); the other function was
+    # searched by MetaSchedule, and its trials are counted as its own (MetaSchedule's task ids count the searched
+    # tasks only).
+    trials = {r.name: r.trials for r in report.tasks}
+    assert report.trials == 2 and sum(trials.values()) == 2
+    assert trials[refused[0]] <= 1
+    assert "no design space" in next(r.error for r in report.tasks if r.name in refused)

@@ -1,0 +1,143 @@
+"""The default schedules' tile sizes are tuning decisions: every neighbouring tile builds and computes right.
+
+``cpu_rules._tile_split`` samples each tile size with ``sample_categorical`` (the default decision in a compile);
+``pipeline.tile_climb`` walks from the default to the next sizes (a hill climb, and a MetaSchedule mutator).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import s_tir, te, topi
+
+from edgetvm.kernels_schedules.cpu_rules import choose_pair_tile, schedule_function
+from edgetvm.pipeline.tile_climb import climb, key, neighbours, tile_neighbours
+from edgetvm.targets import resolve_target
+
+X86 = resolve_target("x86").tvm_target()
+RNG = np.random.default_rng(0)
+
+
+def _conv_relu(height: int, width: int, channels: int, out_channels: int, kernel: int):
+    """An NHWC conv2d + ReLU as one PrimFunc, the shape of what fusion hands the default schedules."""
+    data = te.placeholder((1, height, width, channels), "float32", name="x")
+    weight = te.placeholder((kernel, kernel, channels, out_channels), "float32", name="w")
+    out = topi.nn.relu(topi.nn.conv2d_nhwc(data, weight, 1, kernel // 2, 1))
+    return te.create_prim_func([data, weight, out]).with_attr("global_symbol", "main")
+
+
+def _categorical(trace) -> list:
+    return [inst for inst in trace.insts if inst.kind.name == "SampleCategorical"]
+
+
+def _run(func, trace, shape, kernel):
+    sch = s_tir.Schedule(func)
+    trace.apply_to_schedule(sch, remove_postproc=False)
+    lib = tvm.compile(sch.mod, target=X86)
+    height, width, channels, out_channels = shape
+    x = RNG.standard_normal((1, height, width, channels)).astype("float32")
+    w = RNG.standard_normal((kernel, kernel, channels, out_channels)).astype("float32")
+    out = tvm.runtime.empty((1, height, width, out_channels), "float32")
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), out)
+    pad = kernel // 2
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    windows = np.lib.stride_tricks.sliding_window_view(xp, w.shape[:2], axis=(1, 2))  # N H W C kh kw
+    expected = np.maximum(np.einsum("nhwcij,ijco->nhwo", windows, w, optimize=True), 0)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("shape", "kernel"), [((12, 12, 24, 48), 1), ((8, 16, 8, 32), 3)])
+def test_every_tile_the_tuner_can_reach_matches_numpy(shape, kernel):
+    func = _conv_relu(*shape, kernel)
+    sch, rule = schedule_function(func, X86)
+    assert rule == "reduction-tile"
+    trace = sch.trace
+    decisions = _categorical(trace)
+    assert len(decisions) == 2  # rows, and vectors of output channels
+    for inst in decisions:
+        candidates = [int(c) for c in inst.attrs[0]]
+        assert 1 not in candidates and candidates == sorted(candidates)
+        for index in range(len(candidates)):
+            _run(func, trace.with_decision(inst, index, remove_postproc=True), shape, kernel)
+
+
+def test_the_mutator_moves_one_decision_one_step():
+    sch, _ = schedule_function(_conv_relu(12, 12, 24, 48, 1), X86)
+    trace = sch.trace
+    before = {i: int(trace.get_decision(inst)) for i, inst in enumerate(_categorical(trace))}
+    mutator = tile_neighbours(seed=1)
+    for _ in range(10):
+        mutated = mutator.apply(trace)
+        after = {i: int(mutated.get_decision(inst)) for i, inst in enumerate(_categorical(mutated))}
+        moved = [i for i in before if after[i] != before[i]]
+        assert len(moved) == 1 and abs(after[moved[0]] - before[moved[0]]) == 1
+
+
+def test_the_mutator_declines_a_trace_without_decisions():
+    elementwise = te.placeholder((64,), "float32", name="x")
+    func = te.create_prim_func([elementwise, topi.nn.relu(elementwise)])
+    sch, rule = schedule_function(func, X86)
+    assert rule == "elementwise"
+    assert tile_neighbours(seed=0).apply(sch.trace) is None
+
+
+@pytest.mark.parametrize(
+    ("rows", "channels", "expected"),
+    [
+        (64, 24, (4, 24)),  # 3 vectors x 4 rows: 12 multiply-adds per 7 loads
+        (16, 88, (8, 8)),  # 11 vectors: one at a time, 8 rows
+        (48, 16, (6, 16)),
+        (8, 96, (4, 24)),
+    ],
+)
+def test_pair_kernel_tiles_reuse_loads(rows, channels, expected):
+    tile = choose_pair_tile(rows, channels)
+    assert (tile.rows, tile.cols) == expected
+    assert tile.rows * tile.cols // 8 <= 12  # accumulators within the 16 ymm registers
+
+
+def _grid_times(trace, best: tuple[int, ...]):
+    """A synthetic cost over the decision grid, lowest at ``best``; and a log of what was measured."""
+    log: list[tuple[int, ...]] = []
+
+    def measure(traces):
+        keys = [key(t) for t in traces]
+        log.extend(keys)
+        return [1.0 + sum(abs(a - b) for a, b in zip(k, best, strict=True)) for k in keys]
+
+    return measure, log
+
+
+def test_the_climb_walks_to_the_fastest_tile_and_stops_there():
+    sch, _ = schedule_function(_conv_relu(12, 12, 24, 48, 1), X86)
+    trace = sch.trace
+    sizes = [len(inst.attrs[0]) for inst in _categorical(trace)]
+    best = tuple(size - 1 for size in sizes)  # the largest tiles: several steps from the default
+    assert key(trace) != best
+    measure, log = _grid_times(trace, best)
+    start_s = 1.0 + sum(abs(a - b) for a, b in zip(key(trace), best, strict=True))
+    measured = {key(trace)}
+    used = climb(trace, start_s, measure, budget=100, measured=measured)
+    assert best in log and used == len(log) == len(set(log))  # found, and nothing measured twice
+    assert key(trace) not in log  # the start was measured already
+    after = log.index(best)
+    assert all(k in (n for n in map(key, neighbours_of(best, trace))) for k in log[after + 1 :])  # then it stopped
+    assert len(log) < np.prod(sizes)  # a walk, not the whole grid
+
+
+def neighbours_of(point: tuple[int, ...], trace):
+    for inst, decision in zip(_categorical(trace), point, strict=True):
+        trace = trace.with_decision(inst, decision, remove_postproc=True)
+    return neighbours(trace)
+
+
+def test_the_climb_keeps_to_its_budget_and_skips_what_was_measured():
+    sch, _ = schedule_function(_conv_relu(12, 12, 24, 48, 1), X86)
+    trace = sch.trace
+    measure, log = _grid_times(trace, tuple(len(inst.attrs[0]) - 1 for inst in _categorical(trace)))
+    assert climb(trace, 10.0, measure, budget=1, measured=set()) == 1 and len(log) == 1
+    # a second climb over the same measured set does not repeat the first one's candidate
+    already = {key(trace), log[0]}
+    climb(trace, 10.0, measure, budget=100, measured=already)
+    assert len(log) == len(set(log))
