@@ -310,12 +310,11 @@ def climb_task(database, task: TuningTask, target, measurer: Measurer, tracker, 
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
+    from edgetvm.kernels_schedules.cpu_rules import schedule_function
     from edgetvm.pipeline import tile_climb
 
     workload = database.commit_workload(task.mod)
     records = [r for r in database.get_top_k(workload, 1 << 20) if tile_climb.decisions(r.trace)]
-    if not records:
-        return 0
     measured = {tile_climb.key(r.trace) for r in records}
     args_info = ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])
 
@@ -336,8 +335,17 @@ def climb_task(database, task: TuningTask, target, measurer: Measurer, tracker, 
         tracker.record(task.name, times, errors)
         return times
 
-    best = records[0]
-    return tile_climb.climb(best.trace, _seconds(best.run_secs), measure, budget, measured)
+    if records:
+        return tile_climb.climb(records[0].trace, _seconds(records[0].run_secs), measure, budget, measured)
+    # A database seeded before the tiles were decisions: the default schedule, as a decision trace, first.
+    try:
+        start = schedule_function(task.mod["main"], target)[0].trace
+    except Exception:  # a ScheduleError: no default schedule, nothing to climb
+        return 0
+    if not tile_climb.decisions(start) or budget < 2:
+        return 0
+    (start_s,) = measure([start])
+    return 1 + tile_climb.climb(start, start_s, measure, budget - 1, measured)
 
 
 def seed_defaults(database, tasks: list[TuningTask], target: TargetPreset, measurer: Measurer, progress=None):
