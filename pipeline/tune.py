@@ -4,7 +4,9 @@ The tasks are the PrimFuncs that ``ApplyCPUSchedules`` sees in a compile (after 
 legalization and fusion, and after quantization when the model was quantized), so a record found here
 matches a function that ``compile --db`` builds. Each task's first record is its default schedule
 (``kernels_schedules.cpu_rules``), measured with the same builder and runner as the candidates: the search
-starts from it, and a compile keeps it unless a candidate measured faster.
+starts from it, and a compile keeps it unless a candidate measured faster. Half the budget first climbs the
+default schedules' tile decisions (``pipeline.tile_climb``), hottest function first; MetaSchedule's
+evolutionary search gets the rest.
 
 Records live in MetaSchedule's JSON database (``database_workload.json`` + ``database_tuning_record.json``)
 in a sub-directory of the database directory per target (:func:`target_db_dir`); ``tuning.json`` beside
