@@ -5,10 +5,10 @@
 of the default schedule is then a point in a small grid, and its neighbours are one step up or down one
 decision. Two searches use that:
 
-- :func:`climb`: hill climbing from the best default-derived record, one step at a time, measuring every
-  neighbour not measured before, until none is faster or the budget is spent. ``pipeline.tune`` runs it on the
-  hottest functions before MetaSchedule's evolutionary search, which in a short budget mostly measures samples
-  of its own design space and rarely lands next to the defaults.
+- :func:`climb`: hill climbing from the best default-derived record, one step at a time, timing every
+  neighbour not measured before beside the best, until none is faster or the budget is spent.
+  ``pipeline.tune`` runs it on the hottest functions before MetaSchedule's evolutionary search, which in a
+  short budget mostly measures samples of its own design space and rarely lands next to the defaults.
 - :func:`tile_neighbours`: the same step as a MetaSchedule mutator, so the evolutionary search also moves the
   default-derived candidates of its population.
 """
@@ -52,24 +52,28 @@ def climb(
     budget: int,
     measured: set[tuple[int, ...]],
 ) -> int:
-    """Hill-climb from ``start`` (measured ``start_s`` seconds); returns the number of candidates measured.
+    """Hill-climb from ``start``; returns the number of candidates measured (re-measurements included).
 
     ``measure`` times a batch of traces (``None`` for a failure) and records them; ``measured`` holds the keys
-    already measured (earlier runs included) and gains the new ones. Each round measures the unmeasured
-    neighbours of the best point, as many as the budget still allows; the climb moves to the fastest when it
-    beats the best, and stops when none does or the budget is spent.
+    already measured (earlier runs included) and gains the new ones. Each round times the best point again
+    beside its unmeasured neighbours, as many as the budget still allows, and compares within that batch: a
+    time recorded minutes earlier, on a host whose neighbours change its speed, is no fair yardstick. The climb
+    moves to the fastest neighbour when it beats the best, and stops when none does or the budget is spent.
+    ``start_s`` (the start's recorded time) only stands in when its re-measurement fails.
     """
     used = 0
     best, best_s = start, start_s
     measured.add(key(start))
-    while used < budget:
-        batch = [t for t in neighbours(best) if key(t) not in measured][: budget - used]
-        if not batch:
+    while budget - used >= 2:
+        fresh = [t for t in neighbours(best) if key(t) not in measured][: budget - used - 1]
+        if not fresh:
             break
-        times = measure(batch)
-        used += len(batch)
-        measured.update(key(t) for t in batch)
-        timed = [(s, t) for s, t in zip(times, batch, strict=True) if s is not None]
+        times = measure([best, *fresh])
+        used += 1 + len(fresh)
+        measured.update(key(t) for t in fresh)
+        if times[0] is not None:
+            best_s = times[0]
+        timed = [(s, t) for s, t in zip(times[1:], fresh, strict=True) if s is not None]
         fastest_s, fastest = min(timed, key=lambda pair: pair[0]) if timed else (None, None)
         if fastest_s is None or (best_s is not None and fastest_s >= best_s):
             break

@@ -88,6 +88,7 @@ class TuningTask:
     mod: Any  # IRModule {"main": PrimFunc}, the database workload
     weight: int
     rule: str
+    default: Any = None  # the default schedule's trace, once seed_defaults made it
 
 
 @dataclass
@@ -307,7 +308,8 @@ def climb_task(database, task: TuningTask, target, measurer: Measurer, tracker, 
     """Hill-climb ``task``'s default tile decisions (``pipeline.tile_climb``); returns the candidates measured.
 
     Starts from the fastest default-derived record (the default schedule itself on a first run) and skips every
-    decision already measured, so a second run goes on from where the first stopped.
+    decision already measured, so a second run goes on from where the first stopped. Every batch is committed
+    to the database, the re-timed starting point included.
     """
     import tvm
     from tvm.s_tir import meta_schedule as ms
@@ -339,15 +341,13 @@ def climb_task(database, task: TuningTask, target, measurer: Measurer, tracker, 
 
     if records:
         return tile_climb.climb(records[0].trace, _seconds(records[0].run_secs), measure, budget, measured)
-    # A database seeded before the tiles were decisions: the default schedule, as a decision trace, first.
+    # A database seeded before the tiles were decisions: from the default schedule as a decision trace (the
+    # climb's first batch times it).
     try:
         start = schedule_function(task.mod["main"], target)[0].trace
     except Exception:  # a ScheduleError: no default schedule, nothing to climb
         return 0
-    if not tile_climb.decisions(start) or budget < 2:
-        return 0
-    (start_s,) = measure([start])
-    return 1 + tile_climb.climb(start, start_s, measure, budget - 1, measured)
+    return tile_climb.climb(start, None, measure, budget, measured) if tile_climb.decisions(start) else 0
 
 
 def seed_defaults(database, tasks: list[TuningTask], target: TargetPreset, measurer: Measurer, progress=None):
@@ -370,8 +370,9 @@ def seed_defaults(database, tasks: list[TuningTask], target: TargetPreset, measu
             task.rule = "naive"
             sch = tvm.s_tir.Schedule(task.mod)
             log.debug("no default schedule for %s: %s", task.name, err)
+        task.default = sch.trace
         if database.has_workload(task.mod) and _best_ms(database, task) is not None:
-            defaults[task.name] = (_recorded_default_ms(database, task, sch), None)
+            defaults[task.name] = (_recorded_default_ms(database, task, sch.trace), None)
             continue
         if progress:
             progress(f"measuring the default schedule of {task.name} ({i + 1}/{len(tasks)})")
@@ -384,10 +385,10 @@ def seed_defaults(database, tasks: list[TuningTask], target: TargetPreset, measu
     return defaults
 
 
-def _recorded_default_ms(database, task: TuningTask, sch) -> float | None:
-    """The default schedule's time from an earlier run's records (its trace is the same)."""
+def _recorded_default_ms(database, task: TuningTask, trace) -> float | None:
+    """The default schedule's best recorded time (records of the same trace: seeded, or timed again by a climb)."""
     workload = database.commit_workload(task.mod)
-    wanted = json.dumps(sch.trace.as_json(remove_postproc=True), sort_keys=True, default=str)
+    wanted = json.dumps(trace.as_json(remove_postproc=True), sort_keys=True, default=str)
     for record in database.get_top_k(workload, 1 << 20):
         if json.dumps(record.trace.as_json(remove_postproc=True), sort_keys=True, default=str) == wanted:
             secs = _seconds(record.run_secs)
@@ -584,7 +585,7 @@ def tune_model(
             task.name,
             task.weight,
             task.rule,
-            defaults[task.name][0],
+            (task.default and _recorded_default_ms(database, task, task.default)) or defaults[task.name][0],
             _best_ms(database, task),
             tracker.trials.get(task.name, 0),
             tracker.failures.get(task.name, 0),

@@ -12,7 +12,7 @@ import tvm
 from tvm import s_tir, te, topi
 
 from edgetvm.kernels_schedules.cpu_rules import choose_pair_tile, schedule_function
-from edgetvm.pipeline.tile_climb import climb, key, neighbours, tile_neighbours
+from edgetvm.pipeline.tile_climb import climb, key, tile_neighbours
 from edgetvm.targets import resolve_target
 
 X86 = resolve_target("x86").tvm_target()
@@ -115,29 +115,42 @@ def test_the_climb_walks_to_the_fastest_tile_and_stops_there():
     sizes = [len(inst.attrs[0]) for inst in _categorical(trace)]
     best = tuple(size - 1 for size in sizes)  # the largest tiles: several steps from the default
     assert key(trace) != best
-    measure, log = _grid_times(trace, best)
-    start_s = 1.0 + sum(abs(a - b) for a, b in zip(key(trace), best, strict=True))
-    measured = {key(trace)}
-    used = climb(trace, start_s, measure, budget=100, measured=measured)
-    assert best in log and used == len(log) == len(set(log))  # found, and nothing measured twice
-    assert key(trace) not in log  # the start was measured already
-    after = log.index(best)
-    assert all(k in (n for n in map(key, neighbours_of(best, trace))) for k in log[after + 1 :])  # then it stopped
-    assert len(log) < np.prod(sizes)  # a walk, not the whole grid
+    measure, log, batches = _grid_times(best)
+    used = climb(trace, None, measure, budget=100, measured={key(trace)})
+    assert used == len(log)
+    # each batch re-times the point it climbs from, first, beside neighbours never measured before
+    assert [b[0] for b in batches[1:]] == [max(b[1:], key=lambda k: -_cost(k, best)) for b in batches[:-1]]
+    fresh = [k for b in batches for k in b[1:]]
+    assert best in fresh and len(fresh) == len(set(fresh)) and key(trace) not in fresh
+    assert batches[-1][0] == best  # it stopped at the best, whose neighbours were no faster
+    assert len(fresh) < np.prod(sizes)  # a walk, not the whole grid
 
 
-def neighbours_of(point: tuple[int, ...], trace):
-    for inst, decision in zip(_categorical(trace), point, strict=True):
-        trace = trace.with_decision(inst, decision, remove_postproc=True)
-    return neighbours(trace)
+def _cost(point: tuple[int, ...], best: tuple[int, ...]) -> float:
+    return 1.0 + sum(abs(a - b) for a, b in zip(point, best, strict=True))
+
+
+def _grid_times(best: tuple[int, ...]):
+    """A synthetic cost over the decision grid, lowest at ``best``; and logs of what was measured."""
+    log: list[tuple[int, ...]] = []
+    batches: list[list[tuple[int, ...]]] = []
+
+    def measure(traces):
+        keys = [key(t) for t in traces]
+        log.extend(keys)
+        batches.append(keys)
+        return [_cost(k, best) for k in keys]
+
+    return measure, log, batches
 
 
 def test_the_climb_keeps_to_its_budget_and_skips_what_was_measured():
     sch, _ = schedule_function(_conv_relu(12, 12, 24, 48, 1), X86)
     trace = sch.trace
-    measure, log = _grid_times(trace, tuple(len(inst.attrs[0]) - 1 for inst in _categorical(trace)))
-    assert climb(trace, 10.0, measure, budget=1, measured=set()) == 1 and len(log) == 1
-    # a second climb over the same measured set does not repeat the first one's candidate
-    already = {key(trace), log[0]}
-    climb(trace, 10.0, measure, budget=100, measured=already)
-    assert len(log) == len(set(log))
+    measure, log, batches = _grid_times(tuple(len(inst.attrs[0]) - 1 for inst in _categorical(trace)))
+    assert climb(trace, 10.0, measure, budget=1, measured=set()) == 0  # no room for a neighbour beside the start
+    assert climb(trace, 10.0, measure, budget=2, measured=set()) == 2 and len(batches) == 1
+    # a second climb over the same measured set does not repeat the first one's neighbour
+    first = batches[0][1]
+    climb(trace, 10.0, measure, budget=100, measured={key(trace), first})
+    assert first not in [k for b in batches[1:] for k in b[1:]]
