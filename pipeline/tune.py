@@ -41,6 +41,7 @@ DEFAULT_TRIALS_PER_ITER = 16
 # task over sixty tasks measures a handful of candidates each and beats no default (see hottest_first).
 MIN_BATCHES_PER_TASK = 2
 NOT_SEARCHED = "not searched"
+SEED_BATCH = 16  # default schedules built per builder call (and per progress line) when seeding
 BUILD_TIMEOUT_S = 120.0  # one candidate's compile; a worker's start (import tvm) is not counted: see _build
 
 
@@ -261,22 +262,24 @@ def _best_ms(database, task: TuningTask) -> float | None:
     return None if secs is None else secs * 1e3
 
 
-def _measure(measurer: Measurer, target, sch, func) -> tuple[list[float] | None, str | None]:
-    """Build and time one schedule the way MetaSchedule times a candidate; (run_secs, error)."""
-    return _measure_batch(measurer, target, [sch], func)[0]
+Measured = tuple[list[float] | None, str | None]  # a candidate's run_secs, or None and why it failed
 
 
-def _measure_batch(measurer: Measurer, target, schedules: list, func) -> list[tuple[list[float] | None, str | None]]:
-    """Build ``schedules`` of ``func`` (on the builder's workers at once), then time each; (run_secs, error)."""
+def _measure_batch(measurer: Measurer, target, schedules: list, funcs: list) -> list[Measured]:
+    """Build ``schedules`` (of ``funcs``) in one call, then time each the way MetaSchedule times a candidate.
+
+    One call: MetaSchedule's ``LocalBuilder`` starts a pool of worker processes per call (each importing TVM,
+    seconds), so seeding sixty defaults one call each spent most of its time starting workers.
+    """
     from tvm.s_tir import meta_schedule as ms
 
-    results: list[tuple[list[float] | None, str | None]] = []
+    results: list[Measured] = []
     built = measurer.builder.build([ms.builder.BuilderInput(sch.mod, target) for sch in schedules])
-    args_info = ms.arg_info.ArgInfo.from_prim_func(func)
-    for result in built:
+    for result, func in zip(built, funcs, strict=True):
         if result.error_msg:
             results.append((None, f"build: {last_line(result.error_msg)}"))
             continue
+        args_info = ms.arg_info.ArgInfo.from_prim_func(func)
         (future,) = measurer.runner.run([ms.runner.RunnerInput(result.artifact_path, measurer.device, args_info)])
         ran = future.result()
         if ran.error_msg:
@@ -330,7 +333,7 @@ def climb_task(database, task: TuningTask, target, measurer: Measurer, tracker, 
             schedules.append(sch)
         times, errors = [], []
         for sch, (run_secs, error) in zip(
-            schedules, _measure_batch(measurer, target, schedules, task.mod["main"]), strict=True
+            schedules, _measure_batch(measurer, target, schedules, [task.mod["main"]] * len(schedules)), strict=True
         ):
             secs = run_secs if run_secs is not None else [FAILED_SECONDS * 10]
             database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, secs, target, args_info))
@@ -362,7 +365,8 @@ def seed_defaults(database, tasks: list[TuningTask], target: TargetPreset, measu
 
     tvm_target = target.tvm_target()
     defaults: dict[str, tuple[float | None, str | None]] = {}
-    for i, task in enumerate(tasks):
+    pending = []
+    for task in tasks:
         func = task.mod["main"]
         try:
             sch, task.rule = schedule_function(func, tvm_target)
@@ -373,15 +377,20 @@ def seed_defaults(database, tasks: list[TuningTask], target: TargetPreset, measu
         task.default = sch.trace
         if database.has_workload(task.mod) and _best_ms(database, task) is not None:
             defaults[task.name] = (_recorded_default_ms(database, task, sch.trace), None)
-            continue
+        else:
+            pending.append((task, sch))
+    for start in range(0, len(pending), SEED_BATCH):
+        batch = pending[start : start + SEED_BATCH]
         if progress:
-            progress(f"measuring the default schedule of {task.name} ({i + 1}/{len(tasks)})")
-        run_secs, error = _measure(measurer, tvm_target, sch, func)
-        workload = database.commit_workload(task.mod)
-        secs = run_secs if run_secs is not None else [1e10]
-        args_info = ms.arg_info.ArgInfo.from_prim_func(func)
-        database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, secs, tvm_target, args_info))
-        defaults[task.name] = (None if run_secs is None else sum(run_secs) / len(run_secs) * 1e3, error)
+            progress(f"measuring the default schedules ({start + len(batch)}/{len(pending)})")
+        funcs = [task.mod["main"] for task, _ in batch]
+        measured = _measure_batch(measurer, tvm_target, [sch for _, sch in batch], funcs)
+        for (task, sch), func, (run_secs, error) in zip(batch, funcs, measured, strict=True):
+            workload = database.commit_workload(task.mod)
+            secs = run_secs if run_secs is not None else [1e10]
+            args_info = ms.arg_info.ArgInfo.from_prim_func(func)
+            database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, secs, tvm_target, args_info))
+            defaults[task.name] = (None if run_secs is None else sum(run_secs) / len(run_secs) * 1e3, error)
     return defaults
 
 
