@@ -289,6 +289,17 @@ def _measure_batch(measurer: Measurer, target, schedules: list, funcs: list) -> 
     return results
 
 
+def _commit(database, task: TuningTask, sch, run_secs: list[float] | None, target) -> list[float]:
+    """Record ``sch`` of ``task`` with its times, a failure (MetaSchedule's 1e10 s) when it has none."""
+    from tvm.s_tir import meta_schedule as ms
+
+    secs = run_secs if run_secs is not None else [FAILED_SECONDS * 10]
+    workload = database.commit_workload(task.mod)
+    args_info = ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])
+    database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, secs, target, args_info))
+    return secs
+
+
 def climb_hottest(database, tasks: list[TuningTask], target, measurer: Measurer, tracker, options, budget: int) -> int:
     """:func:`climb_task` over ``tasks`` in order (hottest first), at most two batches' worth each.
 
@@ -315,7 +326,6 @@ def climb_task(database, task: TuningTask, target, measurer: Measurer, tracker, 
     to the database, the re-timed starting point included.
     """
     import tvm
-    from tvm.s_tir import meta_schedule as ms
 
     from edgetvm.kernels_schedules.cpu_rules import schedule_function
     from edgetvm.pipeline import tile_climb
@@ -323,7 +333,6 @@ def climb_task(database, task: TuningTask, target, measurer: Measurer, tracker, 
     workload = database.commit_workload(task.mod)
     records = [r for r in database.get_top_k(workload, 1 << 20) if tile_climb.decisions(r.trace)]
     measured = {tile_climb.key(r.trace) for r in records}
-    args_info = ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])
 
     def measure(traces: list) -> list[float | None]:
         schedules = []
@@ -335,9 +344,7 @@ def climb_task(database, task: TuningTask, target, measurer: Measurer, tracker, 
         for sch, (run_secs, error) in zip(
             schedules, _measure_batch(measurer, target, schedules, [task.mod["main"]] * len(schedules)), strict=True
         ):
-            secs = run_secs if run_secs is not None else [FAILED_SECONDS * 10]
-            database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, secs, target, args_info))
-            times.append(_seconds(secs))
+            times.append(_seconds(_commit(database, task, sch, run_secs, target)))
             errors.append(error)
         tracker.record(task.name, times, errors)
         return times
@@ -359,7 +366,6 @@ def seed_defaults(database, tasks: list[TuningTask], target: TargetPreset, measu
     Returns ``{task name: (default ms or None, error or None)}``.
     """
     import tvm
-    from tvm.s_tir import meta_schedule as ms
 
     from edgetvm.kernels_schedules.cpu_rules import schedule_function
 
@@ -385,11 +391,8 @@ def seed_defaults(database, tasks: list[TuningTask], target: TargetPreset, measu
             progress(f"measuring the default schedules ({start + len(batch)}/{len(pending)})")
         funcs = [task.mod["main"] for task, _ in batch]
         measured = _measure_batch(measurer, tvm_target, [sch for _, sch in batch], funcs)
-        for (task, sch), func, (run_secs, error) in zip(batch, funcs, measured, strict=True):
-            workload = database.commit_workload(task.mod)
-            secs = run_secs if run_secs is not None else [1e10]
-            args_info = ms.arg_info.ArgInfo.from_prim_func(func)
-            database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, secs, tvm_target, args_info))
+        for (task, sch), (run_secs, error) in zip(batch, measured, strict=True):
+            _commit(database, task, sch, run_secs, tvm_target)
             defaults[task.name] = (None if run_secs is None else sum(run_secs) / len(run_secs) * 1e3, error)
     return defaults
 
