@@ -32,6 +32,19 @@ def configure_tvm_threads(threads: int) -> int:
     return int(tvm.get_global_func("runtime.NumThreads")())
 
 
+def set_process_threads(threads: int) -> None:
+    """Make every TVM thread pool this process creates from now on have ``threads`` workers (a worker process's
+    initializer: MetaSchedule's ``LocalRunner`` times candidates in one)."""
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+
+
+def tvm_thread_count() -> int:
+    """The worker count of the calling thread's TVM pool (created now if it does not exist)."""
+    import tvm
+
+    return int(tvm.get_global_func("runtime.NumThreads")())
+
+
 def call_with_tvm_threads(func: Callable[[], T], threads: int, name: str = "edgetvm-worker") -> tuple[T, int]:
     """Run ``func`` where TVM code runs on ``threads`` threads; returns its result and the pool's thread count.
 
