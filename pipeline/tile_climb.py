@@ -11,6 +11,8 @@ decision. Two searches use that:
   short budget mostly measures samples of its own design space and rarely lands next to the defaults.
 - :func:`tile_neighbours`: the same step as a MetaSchedule mutator, so the evolutionary search also moves the
   default-derived candidates of its population.
+
+Besides the tiles, a neighbour of a parallel schedule is the same schedule run serially (:func:`serial`).
 """
 
 from __future__ import annotations
@@ -31,17 +33,40 @@ def decisions(trace) -> list[tuple[object, int, int]]:
 
 
 def key(trace) -> tuple[int, ...]:
-    """The point of ``trace`` in its grid of decisions."""
-    return tuple(decision for _, decision, _ in decisions(trace))
+    """The point of ``trace`` in its grid of decisions, and how many loops it runs in parallel."""
+    return (*(decision for _, decision, _ in decisions(trace)), _parallel_count(trace))
+
+
+def _parallel_count(trace) -> int:
+    return sum(inst.kind.name == "Parallel" for inst in trace.insts)
+
+
+def serial(trace):
+    """``trace`` without its ``Parallel`` instructions, or None when it has none.
+
+    The same kernel on the calling thread: for a small function, waking the thread pool can cost more than
+    the half of the work it takes over. A trace is straight-line code and a ``Parallel`` instruction has no
+    outputs, so the rest replays unchanged.
+    """
+    from tvm.s_tir.schedule import Trace
+
+    kept = [inst for inst in trace.insts if inst.kind.name != "Parallel"]
+    if len(kept) == len(trace.insts):
+        return None
+    found = {inst: trace.get_decision(inst) for inst in kept}
+    return Trace(kept, {inst: decision for inst, decision in found.items() if decision is not None})
 
 
 def neighbours(trace) -> list:
-    """Every trace one step away from ``trace``: one decision moved to the next candidate up or down."""
+    """Every trace one step away from ``trace``: one decision moved to the next candidate up or down, and the
+    trace run serially (:func:`serial`) when it runs in parallel."""
     moved = []
     for inst, decision, count in decisions(trace):
         for step in (-1, 1):
             if 0 <= decision + step < count:
                 moved.append(trace.with_decision(inst, decision + step, remove_postproc=True))
+    if moved and (one_thread := serial(trace)) is not None:
+        moved.append(one_thread)
     return moved
 
 

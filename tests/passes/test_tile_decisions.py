@@ -12,7 +12,7 @@ import tvm
 from tvm import s_tir, te, topi
 
 from edgetvm.kernels_schedules.cpu_rules import choose_pair_tile, schedule_function
-from edgetvm.pipeline.tile_climb import climb, key, tile_neighbours
+from edgetvm.pipeline.tile_climb import climb, key, neighbours, serial, tile_neighbours
 from edgetvm.targets import resolve_target
 
 X86 = resolve_target("x86").tvm_target()
@@ -62,16 +62,38 @@ def test_every_tile_the_tuner_can_reach_matches_numpy(shape, kernel):
             _run(func, trace.with_decision(inst, index, remove_postproc=True), shape, kernel)
 
 
-def test_the_mutator_moves_one_decision_one_step():
+def _parallel(trace) -> int:
+    return sum(inst.kind.name == "Parallel" for inst in trace.insts)
+
+
+def test_the_mutator_moves_one_decision_one_step_or_drops_the_parallel_loop():
     sch, _ = schedule_function(_conv_relu(12, 12, 24, 48, 1), X86)
     trace = sch.trace
+    assert _parallel(trace) == 1
     before = {i: int(trace.get_decision(inst)) for i, inst in enumerate(_categorical(trace))}
     mutator = tile_neighbours(seed=1)
-    for _ in range(10):
+    seen_serial = False
+    for _ in range(20):
         mutated = mutator.apply(trace)
         after = {i: int(mutated.get_decision(inst)) for i, inst in enumerate(_categorical(mutated))}
         moved = [i for i in before if after[i] != before[i]]
-        assert len(moved) == 1 and abs(after[moved[0]] - before[moved[0]]) == 1
+        if _parallel(mutated) == 0:  # the same tiles, run serially
+            seen_serial = True
+            assert moved == []
+        else:
+            assert len(moved) == 1 and abs(after[moved[0]] - before[moved[0]]) == 1
+    assert seen_serial
+
+
+def test_the_serial_neighbour_matches_numpy_and_has_its_own_key():
+    func = _conv_relu(12, 12, 24, 48, 1)
+    trace = schedule_function(func, X86)[0].trace
+    one_thread = serial(trace)
+    assert _parallel(one_thread) == 0 and serial(one_thread) is None
+    assert key(one_thread) != key(trace) and key(one_thread)[:-1] == key(trace)[:-1]
+    _run(func, one_thread, (12, 12, 24, 48), 1)
+    # its tiles still move
+    assert any(_parallel(t) == 0 and key(t)[:-1] != key(trace)[:-1] for t in neighbours(one_thread))
 
 
 def test_the_mutator_declines_a_trace_without_decisions():
@@ -97,23 +119,11 @@ def test_pair_kernel_tiles_reuse_loads(rows, channels, expected):
     assert tile.rows * tile.cols // 8 <= 12  # accumulators within the 16 ymm registers
 
 
-def _grid_times(trace, best: tuple[int, ...]):
-    """A synthetic cost over the decision grid, lowest at ``best``; and a log of what was measured."""
-    log: list[tuple[int, ...]] = []
-
-    def measure(traces):
-        keys = [key(t) for t in traces]
-        log.extend(keys)
-        return [1.0 + sum(abs(a - b) for a, b in zip(k, best, strict=True)) for k in keys]
-
-    return measure, log
-
-
 def test_the_climb_walks_to_the_fastest_tile_and_stops_there():
     sch, _ = schedule_function(_conv_relu(12, 12, 24, 48, 1), X86)
     trace = sch.trace
     sizes = [len(inst.attrs[0]) for inst in _categorical(trace)]
-    best = tuple(size - 1 for size in sizes)  # the largest tiles: several steps from the default
+    best = (*(size - 1 for size in sizes), 1)  # the largest tiles, in parallel: several steps from the default
     assert key(trace) != best
     measure, log, batches = _grid_times(best)
     used = climb(trace, None, measure, budget=100, measured={key(trace)})
@@ -123,7 +133,7 @@ def test_the_climb_walks_to_the_fastest_tile_and_stops_there():
     fresh = [k for b in batches for k in b[1:]]
     assert best in fresh and len(fresh) == len(set(fresh)) and key(trace) not in fresh
     assert batches[-1][0] == best  # it stopped at the best, whose neighbours were no faster
-    assert len(fresh) < np.prod(sizes)  # a walk, not the whole grid
+    assert len(fresh) < 2 * np.prod(sizes)  # a walk, not the whole grid
 
 
 def _cost(point: tuple[int, ...], best: tuple[int, ...]) -> float:
@@ -147,7 +157,7 @@ def _grid_times(best: tuple[int, ...]):
 def test_the_climb_keeps_to_its_budget_and_skips_what_was_measured():
     sch, _ = schedule_function(_conv_relu(12, 12, 24, 48, 1), X86)
     trace = sch.trace
-    measure, log, batches = _grid_times(tuple(len(inst.attrs[0]) - 1 for inst in _categorical(trace)))
+    measure, log, batches = _grid_times((*(len(inst.attrs[0]) - 1 for inst in _categorical(trace)), 1))
     assert climb(trace, 10.0, measure, budget=1, measured=set()) == 0  # no room for a neighbour beside the start
     assert climb(trace, 10.0, measure, budget=2, measured=set()) == 2 and len(batches) == 1
     # a second climb over the same measured set does not repeat the first one's neighbour
