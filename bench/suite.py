@@ -39,21 +39,26 @@ def bench_model(name: str, args: argparse.Namespace) -> BenchReport:
     model = BUNDLED[name]
     shapes = parse_shape_option(list(model.input_shapes))
     db = None
-    if args.tune_trials:  # tune the float model first (continuing earlier runs), then bench with +tuned rows
+    schemes = tuple(args.schemes.split(","))
+    tuned = tuple(s for s in args.tune_schemes.split(",") if s in schemes) if args.tune_trials else ()
+    needs_calibration = "w8a8-static" in schemes
+    calib = calibration(name, shapes, args.results) if needs_calibration else None
+    for scheme in tuned:  # tune each (continuing earlier runs), then bench with their +tuned rows
         db = args.results / "tuning-db" / name
-        _say(f"{name}: tuning, {args.tune_trials} trials into {db}")
-        report = tune(name, model.path(), shapes, args.tune_trials, db)
-        _say(f"{name}: " + report.summary().replace("\n", f"\nbench: {name}: "))
+        _say(f"{name}: tuning {scheme}, {args.tune_trials} trials into {db}")
+        report = tune(name, model.path(), shapes, scheme, calib, args.tune_trials, db)
+        _say(f"{name}: {scheme}: " + report.summary().replace("\n", f"\nbench: {name}: {scheme}: "))
     options = BenchOptions(
         input_shapes=shapes,
         target=args.target,
-        schemes=tuple(args.schemes.split(",")),
+        schemes=schemes,
         threads=args.threads,
         repeat=args.repeat,
         warmup=args.warmup,
         settle_ms=args.settle_ms,
         db=str(db) if db else None,
-        calibration=calibration(name, shapes, args.results) if "w8a8-static" in args.schemes else None,
+        tuned_schemes=tuned,
+        calibration=calib,
     )
 
     def progress(message: str) -> None:
@@ -86,17 +91,26 @@ def calibration(name: str, shapes, directory: Path):
     return CalibrationOptions(data=path)
 
 
-def tune(name: str, path: Path, shapes, trials: int, db: Path):
-    """``edgetvm tune`` of the float model on this host into ``db``."""
+def tune(name: str, path: Path, shapes, scheme_name: str, calib, trials: int, db: Path):
+    """``edgetvm tune [--quantize SCHEME]`` of the model on this host into ``db``: a quantized model's functions
+    (its int8 kernels) are other tasks than the float model's, in the same database."""
+    from edgetvm.pipeline.calibrate import prepare_calibration
     from edgetvm.pipeline.ingest import load_model
+    from edgetvm.pipeline.quantize import quantize
+    from edgetvm.pipeline.schemes import get_scheme
     from edgetvm.pipeline.tune import TuneOptions, local_measurer, tune_model
 
     target = resolve_target("x86")
 
     def progress(message: str) -> None:
-        _say(f"{name}: {message}")
+        _say(f"{name}: {scheme_name}: {message}")
 
-    return tune_model(load_model(path, shapes), target, TuneOptions(trials, db), local_measurer(target), progress)
+    imported = load_model(path, shapes)
+    scheme = get_scheme(scheme_name)
+    if not scheme.is_float:
+        scheme, ranges = prepare_calibration(imported, scheme, calib, progress)
+        imported = quantize(imported, scheme, calibration=ranges, int8_depthwise=target.int8_depthwise)
+    return tune_model(imported, target, TuneOptions(trials, db), local_measurer(target), progress)
 
 
 def summary(reports: dict[str, BenchReport], notes: list[str]) -> str:
@@ -135,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, help=f"output folder (default {RESULTS}, or {RESULTS}-TARGET)")
     parser.add_argument("--no-kernels", action="store_true", help="skip the per-operator table (bench/kernels.py)")
     parser.add_argument("--tune-trials", type=int, default=0, help="tune each model first (N trials), add +tuned rows")
+    parser.add_argument(
+        "--tune-schemes",
+        default="none,w8a8-static",
+        help="the schemes --tune-trials tunes, each with its own trials (default none,w8a8-static)",
+    )
     args = parser.parse_args(argv)
     on_host = resolve_target(args.target).is_host
     args.results = args.results or (RESULTS if on_host else RESULTS.with_name(f"results-{args.target}"))

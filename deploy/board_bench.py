@@ -120,7 +120,9 @@ def _build_on_host(imported, target, schemes, inputs, staging: Path, options, pr
         {"where": "host", "model": str(imported.path)},
     )
     builds = staging / "builds"
-    packages = edgetvm_packages(imported, target, schemes, builds, progress, options.calibration, options.db)
+    packages = edgetvm_packages(
+        imported, target, schemes, builds, progress, options.calibration, options.db, options.tuned_schemes
+    )
     names = [spec.name for spec in imported.outputs]
     return _HostBuilds(baselines, packages, reference, staging / "builds", names)
 

@@ -56,6 +56,7 @@ class BenchOptions:
     seed: int = 0
     calibration: Any = None  # a pipeline.calibrate.CalibrationOptions for static schemes
     db: str | None = None  # a tuning database: each scheme also runs built with its records
+    tuned_schemes: tuple[str, ...] | None = None  # ... only these schemes (None: every one)
 
     def __post_init__(self) -> None:
         if self.repeat < 1:
@@ -330,7 +331,14 @@ def run_bench(
         variants = baseline_variants(imported.path, imported.format, threads, [inputs], staging / "baselines", progress)
         _reference(variants)  # before spending minutes on builds
         variants += edgetvm_variants(
-            imported, target, schemes, staging / "builds", progress, calibration=options.calibration, db=options.db
+            imported,
+            target,
+            schemes,
+            staging / "builds",
+            progress,
+            calibration=options.calibration,
+            db=options.db,
+            tuned_schemes=options.tuned_schemes,
         )
         rows, tvm_threads = _measure_in_new_pool(variants, inputs, imported, threads, options, progress)
         report = _report(imported, target, options, rows, threads, tvm_threads, progress)

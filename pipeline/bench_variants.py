@@ -78,12 +78,16 @@ def edgetvm_packages(
     progress: Progress | None = None,
     calibration=None,
     db: str | Path | None = None,
+    tuned_schemes: tuple[str, ...] | None = None,
 ) -> list[tuple[str, Package | str]]:
     """Quantize and ``build_package`` into ``builds_dir/NAME`` for every scheme: (name, package or error).
 
     Static schemes are calibrated with ``calibration`` (a ``CalibrationOptions``), once per scheme. With ``db`` (a
-    tuning database), each scheme also gets a ``SCHEME+tuned`` build with its records. A scheme whose build fails
-    in TVM (``BuildError``) gets its error text; bad input (calibration data included) still raises.
+    tuning database), each scheme (each of ``tuned_schemes`` when given) also gets a ``SCHEME+tuned`` build with
+    its records; one whose functions the database has no record for gets an error instead of a row that would
+    time the default schedules under a "+tuned" name (int8 kernels are other functions than the float model's:
+    ``edgetvm tune --quantize SCHEME`` tunes them). A scheme whose build fails in TVM (``BuildError``) gets its
+    error text; bad input (calibration data included) still raises.
     """
     from edgetvm.pipeline.build import build_package
     from edgetvm.pipeline.calibrate import CalibrationOptions, prepare_calibration, quantization_manifest, ranges_files
@@ -94,7 +98,8 @@ def edgetvm_packages(
         ranges = None
         if scheme.activation_mode == "static":
             scheme, ranges = prepare_calibration(imported, scheme, calibration or CalibrationOptions(), progress)
-        builds = [(scheme.name, None)] + ([(f"{scheme.name}+tuned", db)] if db is not None else [])
+        tuned = db is not None and (tuned_schemes is None or scheme.name in tuned_schemes)
+        builds = [(scheme.name, None)] + ([(f"{scheme.name}+tuned", db)] if tuned else [])
         try:  # once per scheme: the +tuned build compiles the same quantized module
             module = (
                 imported
@@ -106,14 +111,19 @@ def edgetvm_packages(
             built += [(name, str(err)) for name, _ in builds]
             continue
         quantization = quantization_manifest(scheme, ranges, target.int8_depthwise)
-        for name, tuned in builds:
+        for name, db_used in builds:
             if progress:
                 progress(f"building {imported.path.name} with edgetvm ({name}) for {target.name}")
             try:
-                package = build_package(module, target, builds_dir / name, quantization, ranges_files(ranges), db=tuned)
+                files = ranges_files(ranges)
+                package = build_package(module, target, builds_dir / name, quantization, files, db=db_used)
             except BuildError as err:
                 log.warning("edgetvm %s: %s", name, err)
                 built.append((name, str(err)))
+                continue
+            untuned = (package.manifest.get("tuning") or {}).get("tasks_untuned", [])
+            if untuned:
+                built.append((name, _not_tuned(scheme.name, len(untuned), db_used)))
                 continue
             built.append((name, package))
     return built
@@ -127,12 +137,14 @@ def edgetvm_variants(
     progress: Progress | None = None,
     calibration=None,
     db: str | Path | None = None,
+    tuned_schemes: tuple[str, ...] | None = None,
 ) -> list[Variant]:
     """One variant per scheme: ``edgetvm_packages`` loaded on this host with ``LocalRunner``."""
     from edgetvm.pipeline.run_local import LocalRunner
 
     variants = []
-    for scheme_name, package in edgetvm_packages(imported, target, schemes, builds_dir, progress, calibration, db):
+    packages = edgetvm_packages(imported, target, schemes, builds_dir, progress, calibration, db, tuned_schemes)
+    for scheme_name, package in packages:
         if isinstance(package, str):
             variants.append(Variant("edgetvm", scheme_name, error=package))
             continue
@@ -145,6 +157,11 @@ def edgetvm_variants(
 
         variants.append(Variant("edgetvm", scheme_name, run, package_details(package, builds_dir)))
     return variants
+
+
+def _not_tuned(scheme: str, functions: int, db) -> str:
+    quantize = "" if scheme == "none" else f" --quantize {scheme}"
+    return f"not tuned: {functions} functions have no record in {db} (edgetvm tune{quantize} --db {db} first)"
 
 
 def package_details(package: Package, builds_dir: Path) -> dict[str, Any]:

@@ -201,3 +201,22 @@ def test_a_function_meta_schedule_cannot_search_keeps_its_default(tmp_path):
     assert trials[refused[0]] <= 1
     assert "no design space" in next(r.error for r in report.tasks if r.name in refused)
 
+
+def test_bench_with_a_database_names_a_build_it_has_no_records_for_as_not_tuned(tuned, tmp_path, capsys):
+    """A "+tuned" row whose functions have no record (an int8 build's kernels, when only the float model was
+    tuned) would time the default schedules under a tuned name: it says what to run instead."""
+    model, db = tuned
+    argv = ["-q", "bench", str(model), "--repeat", "1", "--warmup", "0", "--settle-ms", "0", "--json"]
+    assert main([*argv, "--db", str(db), "-o", str(tmp_path / "bench")]) == 0
+    rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)["results"] if r["runtime"] == "edgetvm"}
+    assert rows["none+tuned"]["error"] is None and rows["none+tuned"]["latency_ms"]["median"] > 0
+
+    other = tmp_path / "other-db"
+    shutil.copytree(db, other)
+    (records,) = other.glob("*/database_tuning_record.json")
+    records.write_text("")  # a database of another model: no record fits
+    assert main([*argv, "--db", str(other), "-o", str(tmp_path / "bench2")]) == 0
+    rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)["results"] if r["runtime"] == "edgetvm"}
+    assert rows["none"]["error"] is None
+    assert rows["none+tuned"]["error"].startswith("not tuned: ")
+    assert f"edgetvm tune --db {other}" in rows["none+tuned"]["error"]
