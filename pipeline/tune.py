@@ -352,7 +352,6 @@ def climb_task(database, task: TuningTask, target, measurer: Measurer, tracker, 
     """
     import tvm
 
-    from edgetvm.kernels_schedules.cpu_rules import schedule_function
     from edgetvm.pipeline import tile_climb
 
     workload = database.commit_workload(task.mod)
@@ -374,15 +373,9 @@ def climb_task(database, task: TuningTask, target, measurer: Measurer, tracker, 
         tracker.record(task.name, times, errors)
         return times
 
-    if records:
-        return tile_climb.climb(records[0].trace, _seconds(records[0].run_secs), measure, budget, measured)
-    # A database seeded before the tiles were decisions: from the default schedule as a decision trace (the
-    # climb's first batch times it).
-    try:
-        start = schedule_function(task.mod["main"], target)[0].trace
-    except Exception:  # a ScheduleError: no default schedule, nothing to climb
+    if not records:  # no default schedule with tile decisions (an elementwise function): nothing to climb
         return 0
-    return tile_climb.climb(start, None, measure, budget, measured) if tile_climb.decisions(start) else 0
+    return tile_climb.climb(records[0].trace, _seconds(records[0].run_secs), measure, budget, measured)
 
 
 def seed_defaults(database, tasks: list[TuningTask], target: TargetPreset, measurer: Measurer, progress=None):
