@@ -60,8 +60,9 @@ test-fast: setup
 
 # The benchmark suite on this host: BlazeFace, the PP-OCR classifier and the trained CNN, edgetvm (none,
 # w8a8-static, w8a8-dynamic) against onnxruntime / tflite-runtime; writes bench/results/ and prints the tables.
-# BENCH_ARGS="--repeat 20 --models ppocr-cls" narrows it; BENCH_ARGS="--tune-trials 256" tunes each model first
-# (bench/results/tuning-db, continued by later runs) and adds the tuned builds side by side.
+# BENCH_ARGS="--repeat 20 --models ppocr-cls" narrows it; BENCH_ARGS="--tune-trials 256" tunes each model first,
+# float and w8a8-static (--tune-schemes), into bench/results/tuning-db (continued by later runs), and adds those
+# tuned builds side by side.
 bench: setup
 	$(PY) bench/suite.py $(BENCH_ARGS)
 
