@@ -502,11 +502,11 @@ def _retime_pairs(database, pending: list, target, measurer: Measurer) -> list[s
 
 
 def _recorded_default_ms(database, task: TuningTask, trace) -> float | None:
-    """The default schedule's best recorded time (records of the same trace: seeded, or timed again by a climb)."""
+    """The default schedule's recorded time (its latest, once ``tuning_records.keep_latest`` ran)."""
     workload = database.commit_workload(task.mod)
-    wanted = json.dumps(trace.as_json(remove_postproc=True), sort_keys=True, default=str)
+    wanted = _trace_key(trace)
     for record in database.get_top_k(workload, 1 << 20):
-        if json.dumps(record.trace.as_json(remove_postproc=True), sort_keys=True, default=str) == wanted:
+        if _trace_key(record.trace) == wanted:
             secs = _seconds(record.run_secs)
             return None if secs is None else secs * 1e3
     return None
