@@ -38,7 +38,8 @@ class TunedReport:
         }
 
 
-def _best_record(database, workload: tvm.IRModule, target: Target):
+def best_record(database, workload: tvm.IRModule):
+    """The fastest record of ``workload`` that did not fail, or None (``pipeline.tune`` ranks with it too)."""
     if not database.has_workload(workload):
         return None
     for record in database.get_top_k(database.commit_workload(workload), 1):
@@ -65,7 +66,7 @@ class ApplyTunedSchedules:
             if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
                 continue
             workload = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-            record = _best_record(self.database, workload, self.target)
+            record = best_record(self.database, workload)
             if record is None:
                 self.report.untuned.append(gvar.name_hint)
                 continue

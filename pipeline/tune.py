@@ -279,11 +279,10 @@ def _seconds(run_secs) -> float | None:
 
 
 def _best_ms(database, task: TuningTask) -> float | None:
-    if not database.has_workload(task.mod):
-        return None
-    records = database.get_top_k(database.commit_workload(task.mod), 1)
-    secs = _seconds(records[0].run_secs) if records else None
-    return None if secs is None else secs * 1e3
+    from edgetvm.kernels_schedules.apply_tuned_schedules import best_record
+
+    best = best_record(database, task.mod)
+    return None if best is None else _seconds(best.run_secs) * 1e3
 
 
 Measured = tuple[list[float] | None, str | None]  # a candidate's run_secs, or None and why it failed
@@ -419,12 +418,15 @@ def _trace_key(trace) -> str:
     return json.dumps(trace.as_json(remove_postproc=True), sort_keys=True, default=str)
 
 
-def _best_record(database, task: TuningTask):
-    """The fastest record of ``task`` that did not fail, or None."""
-    if not database.has_workload(task.mod):
+def _winner(database, task: TuningTask) -> tuple[Any, str] | None:
+    """``(trace, key)`` of ``task``'s fastest record when that is not its default schedule; None otherwise."""
+    from edgetvm.kernels_schedules.apply_tuned_schedules import best_record
+
+    best = best_record(database, task.mod) if task.default is not None else None
+    if best is None:
         return None
-    records = database.get_top_k(database.commit_workload(task.mod), 1)
-    return records[0] if records and _seconds(records[0].run_secs) is not None else None
+    key = _trace_key(best.trace)
+    return None if key == _trace_key(task.default) else (best.trace, key)
 
 
 def confirm_winners(work_dir: Path, tasks: list[TuningTask], target, measurer: Measurer, progress=None, rounds=4):
@@ -445,31 +447,24 @@ def confirm_winners(work_dir: Path, tasks: list[TuningTask], target, measurer: M
     for _ in range(rounds):
         tuning_records.keep_latest(work_dir)
         database = json_database(work_dir)
-        pending = []
-        for task in tasks:
-            best = _best_record(database, task) if task.default is not None else None
-            if best is None or _trace_key(best.trace) == _trace_key(task.default):
-                continue
-            if (task.name, _trace_key(best.trace)) in confirmed:
-                continue
-            pending.append((task, best.trace))
+        winners = [(task, _winner(database, task)) for task in tasks]
+        pending = [(task, winner) for task, winner in winners if winner and (task.name, winner[1]) not in confirmed]
         if not pending:
             break
         if progress:
             progress(f"timing {len(pending)} tuned functions again beside their default schedules")
-        re_timed = _retime_pairs(database, pending, target, measurer)
+        re_timed = _retime_pairs(database, [(task, trace) for task, (trace, _) in pending], target, measurer)
         done.candidates += 4 * len(pending)
-        for task, trace in pending:
-            confirmed.add((task.name, _trace_key(trace)))  # tried: not again, even if its timing failed
+        confirmed.update((task.name, key) for task, (_, key) in pending)  # tried: not again, even if it failed
         done.re_timed += [name for name in re_timed if name not in done.re_timed]
     tuning_records.keep_latest(work_dir)
     database = json_database(work_dir)
     for task in tasks:
-        best = _best_record(database, task) if task.default is not None else None
-        if best is None or _trace_key(best.trace) == _trace_key(task.default):
+        winner = _winner(database, task)
+        if winner is None:
             if task.name in done.re_timed:
                 done.default_kept.append(task.name)
-        elif (task.name, _trace_key(best.trace)) not in confirmed:
+        elif (task.name, winner[1]) not in confirmed:
             done.unconfirmed.append(task.name)
     return database, done
 
