@@ -111,11 +111,11 @@ def edgetvm_packages(
             built += [(name, str(err)) for name, _ in builds]
             continue
         quantization = quantization_manifest(scheme, ranges, target.int8_depthwise)
+        files = ranges_files(ranges)
         for name, db_used in builds:
             if progress:
                 progress(f"building {imported.path.name} with edgetvm ({name}) for {target.name}")
             try:
-                files = ranges_files(ranges)
                 package = build_package(module, target, builds_dir / name, quantization, files, db=db_used)
             except BuildError as err:
                 log.warning("edgetvm %s: %s", name, err)

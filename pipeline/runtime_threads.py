@@ -29,7 +29,7 @@ def configure_tvm_threads(threads: int) -> int:
     import tvm
 
     tvm.get_global_func("runtime.config_threadpool")(_AFFINITY_BIG, threads)
-    return int(tvm.get_global_func("runtime.NumThreads")())
+    return tvm_thread_count()
 
 
 def set_process_threads(threads: int) -> None:
