@@ -106,9 +106,10 @@ def tune(name: str, path: Path, shapes, scheme_name: str, calib, trials: int, db
         _say(f"{name}: {scheme_name}: {message}")
 
     imported = load_model(path, shapes)
-    scheme = get_scheme(scheme_name)
-    if not scheme.is_float:
+    scheme, ranges = get_scheme(scheme_name), None
+    if scheme.activation_mode == "static":  # as edgetvm_packages builds it: the same ranges, the same functions
         scheme, ranges = prepare_calibration(imported, scheme, calib, progress)
+    if not scheme.is_float:
         imported = quantize(imported, scheme, calibration=ranges, int8_depthwise=target.int8_depthwise)
     return tune_model(imported, target, TuneOptions(trials, db), local_measurer(target), progress)
 
