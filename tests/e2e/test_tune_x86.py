@@ -54,7 +54,9 @@ def test_tune_records_defaults_and_candidates(tuned):
         if task["best_ms"] < task["default_ms"]:
             assert task["name"] in confirmation["re_timed"]
     assert not confirmation["unconfirmed"]
-    assert confirmation["candidates"] == 4 * len(confirmation["re_timed"]) or confirmation["default_kept"]
+    # four timings per winner and round; a round that confirms the runner-up of a dropped winner adds four more
+    assert confirmation["candidates"] % 4 == 0
+    assert confirmation["candidates"] >= 4 * len(confirmation["re_timed"])
 
 
 def test_compile_with_the_database_applies_its_records(tuned, tmp_path):
