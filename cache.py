@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def cache_dir() -> Path:
@@ -19,3 +21,15 @@ def cache_dir() -> Path:
         path = (Path(xdg) if xdg else Path.home() / ".cache") / "edgetvm"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(binary file)`` on a temporary file beside ``path``, then rename it onto ``path``: a reader (or a
+    run killed half-way) never sees a half-written cache file."""
+    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(partial, "wb") as f:
+            write(f)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -10,11 +10,28 @@ from __future__ import annotations
 import importlib.util
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgetvm.errors import InputError
 from edgetvm.pipeline.trained_models import TRAINED, TrainedModel
+
+
+@dataclass(frozen=True)
+class ModelData:
+    """Real inputs for a model: an eval set (inputs and ``label``) and a calibration set (inputs)."""
+
+    eval_set: Path
+    calibration_set: Path
+    description: str
+
+
+def _ppocr_text_lines() -> ModelData:
+    from edgetvm.pipeline.text_lines import text_line_sets
+
+    sets = text_line_sets()
+    return ModelData(sets.eval_set, sets.calibration_set, "text lines rendered here, half turned by 180 degrees")
 
 
 @dataclass(frozen=True)
@@ -25,6 +42,7 @@ class BundledModel:
     relative_path: str
     input_shapes: tuple[str, ...] = ()  # --input-shape values the model needs
     description: str = ""
+    data: Callable[[], ModelData] | None = None  # makes (on first use) the inputs it is evaluated and calibrated on
 
     def path(self) -> Path:
         spec = importlib.util.find_spec(self.package)
@@ -53,10 +71,21 @@ BUNDLED: dict[str, BundledModel | TrainedModel] = {
             "models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
             input_shapes=("x=1x3x48x192",),
             description="PP-OCR mobile v2 text-orientation classifier (ONNX, MobileNetV3-small)",
+            data=_ppocr_text_lines,
         ),
         *TRAINED.values(),
     )
 }
+
+
+def model_data(name: str) -> ModelData | None:
+    """The eval and calibration sets of a registry model, made on first use; None for a model without data
+    (BlazeFace ships no images)."""
+    model = bundled_model(name)
+    if isinstance(model, TrainedModel):
+        artifacts = model.artifacts()
+        return ModelData(artifacts.eval_set, artifacts.calibration_set, "held-out test split and training images")
+    return model.data() if model.data else None
 
 
 def bundled_model(name: str) -> BundledModel | TrainedModel:

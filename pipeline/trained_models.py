@@ -13,17 +13,14 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import onnx
 
-from edgetvm.cache import cache_dir
+from edgetvm.cache import cache_dir, write_atomic
 from edgetvm.errors import InputError
 from edgetvm.pipeline import numpy_cnn
 from edgetvm.pipeline.numpy_cnn import CnnShape, TrainOptions
@@ -175,17 +172,6 @@ def _train_and_write(model: TrainedModel, artifacts: TrainedArtifacts) -> None:
     onnx.checker.check_model(onnx_model)
     artifacts.model.parent.mkdir(parents=True, exist_ok=True)
     # The model goes last: the data sets it is evaluated and calibrated with are in place before it is.
-    _write_atomic(artifacts.eval_set, lambda f: np.savez(f, image=images[test], label=labels[test]))
-    _write_atomic(artifacts.calibration_set, lambda f: np.savez(f, image=images[train[: recipe.calibration_size]]))
-    _write_atomic(artifacts.model, lambda f: f.write(onnx_model.SerializeToString()))
-
-
-def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(binary file)`` on a temporary file beside ``path``, then rename it onto ``path``."""
-    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(partial, "wb") as f:
-            write(f)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomic(artifacts.eval_set, lambda f: np.savez(f, image=images[test], label=labels[test]))
+    write_atomic(artifacts.calibration_set, lambda f: np.savez(f, image=images[train[: recipe.calibration_size]]))
+    write_atomic(artifacts.model, lambda f: f.write(onnx_model.SerializeToString()))
