@@ -215,6 +215,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         settle_ms=args.settle_ms,
         inputs=args.inputs,
         seed=args.seed,
+        eval_set=args.eval_set,
         calibration=_calibration_options(args),
         db=args.db,
     )
@@ -525,6 +526,12 @@ def _add_bench_command(sub) -> None:
         "have stopped (default 200)",
     )
     _add_inputs_options(p)
+    p.add_argument(
+        "--eval-set",
+        metavar="DATA.npz",
+        help="also score every variant's top-1 on these samples (stacked inputs and an optional 'label' array): "
+        "accuracy against the labels, agreement with the float reference (host benches)",
+    )
     p.add_argument("--db", metavar="DIR", help="also bench each scheme built with this tuning database (+tuned)")
     p.add_argument("--output", "-o", required=True, help="directory for bench.json, bench.md, bench.png, builds")
     _add_gate_options(p)

@@ -73,6 +73,11 @@ def run_board_bench(
     target = resolve_target(options.target)
     if target.is_host:
         raise InputError(f"bench --target {target.name} runs on this host: leave out --board")
+    if options.eval_set:
+        raise InputError(
+            "--eval-set is scored by a bench on this host (the board's variants run on inputs sent once); "
+            "leave it out of a board bench"
+        )
     target.check_toolchain()
     out_dir = Path(out_dir)
     check_replaceable(out_dir, REPORT, BENCH_KIND)
@@ -108,10 +113,11 @@ class _HostBuilds:
 
 
 def _build_on_host(imported, target, schemes, inputs, staging: Path, options, progress) -> _HostBuilds:
-    from edgetvm.pipeline.bench_variants import baseline_models, edgetvm_packages
+    from edgetvm.pipeline.bench_variants import baseline_calibration, baseline_models, edgetvm_packages
     from edgetvm.pipeline.reference import ReferenceModel
 
-    baselines = baseline_models(imported.path, imported.format, [inputs], staging / "baselines", progress)
+    calibration = baseline_calibration(options.calibration, imported.inputs, inputs)
+    baselines = baseline_models(imported.path, imported.format, calibration, staging / "baselines", progress)
     reference_model = ReferenceModel(imported.path)
     reference = Variant(
         reference_model.runtime,

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from edgetvm.errors import InputError, last_line
-from edgetvm.pipeline.bench_variants import Variant, baseline_variants, edgetvm_variants
+from edgetvm.pipeline.bench_variants import Variant, baseline_calibration, baseline_variants, edgetvm_variants
 from edgetvm.pipeline.compare import compare_outputs
+from edgetvm.pipeline.eval_set import EvalSet, answers, load_eval_set, score
 from edgetvm.pipeline.package import check_replaceable, staging_directory
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class BenchOptions:
     settle_ms: float = 200.0
     inputs: str | None = None
     seed: int = 0
+    eval_set: str | None = None  # an eval set (pipeline.eval_set): every variant's top-1 over many real inputs
     calibration: Any = None  # a pipeline.calibrate.CalibrationOptions for static schemes
     db: str | None = None  # a tuning database: each scheme also runs built with its records
     tuned_schemes: tuple[str, ...] | None = None  # ... only these schemes (None: every one)
@@ -88,6 +90,7 @@ class BenchRow:
     samples_ms: list[float] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    eval: dict[str, Any] | None = None  # eval_set.score() on the bench's eval set
 
     @property
     def label(self) -> str:
@@ -244,16 +247,22 @@ def measure_variants(
     timing: TimingPlan,
     progress: Progress | None = None,
     reference: Variant | None = None,
+    eval_set: EvalSet | None = None,
 ) -> list[BenchRow]:
     """Accuracy of every variant against the float reference, then interleaved timing.
 
     The reference is ``reference`` when given (run for its outputs only, not timed: the host's float run of a
-    board bench), else the first variant. Rows come back in the variants' order; a variant that fails (here or
-    before) has a row with its ``error``.
+    board bench), else the first variant. With ``eval_set``, every variant also answers each of its samples
+    (``BenchRow.eval``). Rows come back in the variants' order; a variant that fails (here or before) has a row
+    with its ``error``.
     """
     rows = [BenchRow(v.runtime, v.variant, details=dict(v.details), error=v.error) for v in variants]
     reference = reference or _reference(variants)
     expected = reference.run(inputs)
+    if eval_set is not None:
+        if progress:
+            progress(f"{reference.label}: answering the {len(eval_set)} samples of the eval set")
+        reference_answers = answers(reference.run, eval_set)
     runs: dict[str, Callable[[], object] | RemoteTimer] = {}
     for variant, row in zip(variants, rows, strict=True):
         if row.error is not None:
@@ -264,6 +273,16 @@ def measure_variants(
         except Exception as err:  # a baseline's runtime rejects the model at run time, or gives other shapes
             row.error = f"failed on the first run: {type(err).__name__}: {last_line(err)}"
             continue
+        if eval_set is not None:
+            if progress:
+                progress(f"{row.label}: answering the {len(eval_set)} samples of the eval set")
+            try:
+                row.eval = score(answers(variant.run, eval_set), eval_set, reference_answers, reference.label)
+            except InputError:
+                raise  # the eval set does not fit the model: every row would fail alike
+            except Exception as err:
+                row.error = f"failed on the eval set: {type(err).__name__}: {last_line(err)}"
+                continue
         if variant.time_remote is not None:
             runs[row.label] = RemoteTimer(variant.time_remote)
         else:
@@ -327,8 +346,12 @@ def run_bench(
         progress(f"importing {model}")
     imported = load_model(model, options.input_shapes)
     inputs = load_inputs(options.inputs, imported.inputs, options.seed)
+    eval_set = load_eval_set(options.eval_set, imported.inputs) if options.eval_set else None
     with staging_directory(out_dir, REPORT, _KIND) as staging:
-        variants = baseline_variants(imported.path, imported.format, threads, [inputs], staging / "baselines", progress)
+        calibration = baseline_calibration(options.calibration, imported.inputs, inputs)
+        variants = baseline_variants(
+            imported.path, imported.format, threads, calibration, staging / "baselines", progress
+        )
         _reference(variants)  # before spending minutes on builds
         variants += edgetvm_variants(
             imported,
@@ -340,20 +363,20 @@ def run_bench(
             db=options.db,
             tuned_schemes=options.tuned_schemes,
         )
-        rows, tvm_threads = _measure_in_new_pool(variants, inputs, imported, threads, options, progress)
+        rows, tvm_threads = _measure_in_new_pool(variants, inputs, eval_set, imported, threads, options, progress)
         report = _report(imported, target, options, rows, threads, tvm_threads, progress)
         report.save(staging)
         _render(report, staging)
     return report
 
 
-def _measure_in_new_pool(variants, inputs, imported, threads: int, options: BenchOptions, progress):
+def _measure_in_new_pool(variants, inputs, eval_set, imported, threads: int, options: BenchOptions, progress):
     """Measure in a new thread whose TVM thread pool has ``threads`` workers (see ``runtime_threads``)."""
     from edgetvm.pipeline.runtime_threads import call_with_tvm_threads
 
     names = [spec.name for spec in imported.outputs]
     rows, tvm_threads = call_with_tvm_threads(
-        lambda: measure_variants(variants, inputs, names, options.timing(), progress),
+        lambda: measure_variants(variants, inputs, names, options.timing(), progress, eval_set=eval_set),
         threads,
         name="edgetvm-bench",
     )
@@ -385,6 +408,7 @@ def _report(imported, target, options: BenchOptions, rows, threads: int, tvm_thr
             "that the previous variant's spinning idle threads (onnxruntime, TVM) are not charged to it",
             "clock": "time.perf_counter around one inference call, inputs already in memory",
             "inputs": options.inputs or f"random, seed {options.seed}",
+            "eval_set": options.eval_set,
         },
         roofline={**sgemm.to_json(), "model_flops": flops},
         results=rows,

@@ -22,6 +22,29 @@ def accuracy_text(row: BenchRow, baseline_label: str) -> str:
     return ", ".join(parts)
 
 
+def eval_text(row: BenchRow) -> str:
+    """The eval-set column: top-1 accuracy against the labels and agreement with the float reference."""
+    scored = row.eval
+    if scored is None:
+        return "—"
+    parts = [] if scored.get("top1_accuracy") is None else [f"top-1 {scored['top1_accuracy']:.1%}"]
+    if scored["reference"] != row.label:
+        parts.append(f"agrees {scored['top1_agreement']:.1%}")
+    return ", ".join(parts) or "reference"
+
+
+def eval_caption(report: BenchReport) -> str | None:
+    """What the eval-set column counts, or None when the bench had no eval set."""
+    scored = next((row.eval for row in report.results if row.eval), None)
+    if scored is None:
+        return None
+    labelled = "accuracy against its labels and " if scored.get("top1_accuracy") is not None else ""
+    return (
+        f"eval set: {scored['samples']} samples of {Path(scored['path']).name}; top-1 {labelled}agreement with "
+        f"{scored['reference']}'s answers."
+    )
+
+
 def reference_label(report: BenchReport) -> str:
     """What accuracy was measured against: the baseline row on the host, the host's float run on a board."""
     for row in report.results:
@@ -59,10 +82,11 @@ def table_rows(report: BenchReport) -> list[str]:
     baseline = report.baseline_label
     caption = emulated_caption(report)
     lines = [caption, ""] if caption else []
+    scored = eval_caption(report) is not None
     lines += [
         f"| runtime | variant | median ms | p90 ms | ratio to {baseline} | GFLOP/s (% of sgemm) | "
-        f"accuracy vs {reference_label(report)} |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+        f"accuracy vs {reference_label(report)} |" + (" eval set |" if scored else ""),
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |" + (" --- |" if scored else ""),
     ]
     for row in report.results:
         latency = row.latency_ms or {}
@@ -78,6 +102,8 @@ def table_rows(report: BenchReport) -> list[str]:
             gflops,
             accuracy_text(row, baseline).replace("|", "/"),
         ]
+        if scored:
+            cells.append(eval_text(row))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -100,6 +126,7 @@ def markdown_report(report: BenchReport) -> str:
         "",
         f"ratio = median / median of {report.baseline_label} (below 1 is faster). "
         "GFLOP/s = model FLOPs / median latency.",
+        *([eval_caption(report)] if eval_caption(report) else []),
         "",
     ]
     return "\n".join(lines)

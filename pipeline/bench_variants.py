@@ -186,10 +186,29 @@ class BaselineModel:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class BaselineCalibration:
+    """What onnxruntime's ``quantize_static`` baseline calibrates on, and how its details name it."""
+
+    samples: list[dict[str, np.ndarray]]
+    source: str
+
+
+def baseline_calibration(calibration, specs, inputs: dict[str, np.ndarray]) -> BaselineCalibration:
+    """The data edgetvm's static scheme calibrates on (``calibration.data``, a ``CalibrationOptions``) when there
+    is some, so both quantizers see the same samples; else the bench inputs themselves."""
+    from edgetvm.pipeline.calibrate import CalibrationData
+
+    if calibration is not None and calibration.data is not None:
+        samples = list(CalibrationData(calibration.data, specs))
+        return BaselineCalibration(samples, f"{len(samples)} samples of {calibration.data}, as edgetvm's w8a8-static")
+    return BaselineCalibration([inputs], "1 input set: the bench inputs themselves (so its accuracy is optimistic)")
+
+
 def baseline_models(
     model_path: Path,
     model_format: str,
-    calibration: list[dict[str, np.ndarray]],
+    calibration: BaselineCalibration,
     baselines_dir: Path,
     progress: Progress | None = None,
 ) -> list[BaselineModel]:
@@ -222,7 +241,7 @@ def baseline_variants(
     model_path: Path,
     model_format: str,
     threads: int,
-    calibration: list[dict[str, np.ndarray]],
+    calibration: BaselineCalibration,
     baselines_dir: Path,
     progress: Progress | None = None,
 ) -> list[Variant]:
@@ -288,12 +307,12 @@ def _quantize_dynamic(model_path: Path, output: Path, _calibration) -> dict[str,
     return {"quantizer": "onnxruntime.quantization.quantize_dynamic (defaults: QOperator, int8 weights per tensor)"}
 
 
-def _quantize_static(model_path: Path, output: Path, calibration: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+def _quantize_static(model_path: Path, output: Path, calibration: BaselineCalibration) -> dict[str, Any]:
     from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._batches = iter(calibration)
+            self._batches = iter(calibration.samples)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._batches, None)
@@ -302,7 +321,7 @@ def _quantize_static(model_path: Path, output: Path, calibration: list[dict[str,
         quantize_static(model_path, output, Reader())
     return {
         "quantizer": "onnxruntime.quantization.quantize_static (defaults: QDQ, int8 per tensor, min-max)",
-        "calibration": f"{len(calibration)} input set(s): the bench inputs themselves (so its accuracy is optimistic)",
+        "calibration": calibration.source,
     }
 
 

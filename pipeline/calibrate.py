@@ -54,26 +54,30 @@ class CalibrationData:
         Inf values, or no samples at all.
     """
 
-    def __init__(self, path: str | Path, specs: list[TensorSpec]):
+    def __init__(
+        self, path: str | Path, specs: list[TensorSpec], kind: str = "calibration data", extra: tuple[str, ...] = ()
+    ):
         self.path = Path(path)
         self.specs = specs
+        self.kind = kind  # how errors name the set
+        self.extra = extra  # arrays besides the inputs that the files may hold (an eval set's labels)
         self.files = self._files()
 
     def _files(self) -> list[Path]:
         if self.path.is_dir():
             files = sorted(p for p in self.path.iterdir() if p.suffix == ".npz" and p.is_file())
             if not files:
-                raise InputError(f"calibration data {self.path}: the directory holds no .npz files")
+                raise InputError(f"{self.kind} {self.path}: the directory holds no .npz files")
             return files
         if not self.path.is_file():
-            raise InputError(f"calibration data {self.path}: no such file or directory")
+            raise InputError(f"{self.kind} {self.path}: no such file or directory")
         return [self.path]
 
     def check(self) -> int:
         """Read and check every file; return the number of samples."""
         count = sum(len(samples) for samples in map(self._read, self.files))
         if count == 0:
-            raise InputError(f"calibration data {self.path}: the set is empty (0 samples); give at least one")
+            raise InputError(f"{self.kind} {self.path}: the set is empty (0 samples); give at least one")
         return count
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
@@ -83,35 +87,40 @@ class CalibrationData:
                 count += 1
                 yield sample
         if count == 0:
-            raise InputError(f"calibration data {self.path}: the set is empty (0 samples); give at least one")
+            raise InputError(f"{self.kind} {self.path}: the set is empty (0 samples); give at least one")
 
     def _read(self, path: Path) -> list[dict[str, np.ndarray]]:
-        arrays = _read_npz(path)
+        arrays = {name: array for name, array in _read_npz(path, self.kind).items() if name not in self.extra}
         if len(self.specs) == 1 and list(arrays) == ["arr_0"]:
             arrays = {self.specs[0].name: arrays["arr_0"]}
         names = [spec.name for spec in self.specs]
         if sorted(arrays) != sorted(names):
             raise InputError(
-                f"calibration data {path}: holds arrays {sorted(arrays)}, the model's inputs are {names}; name "
+                f"{self.kind} {path}: holds arrays {sorted(arrays)}, the model's inputs are {names}; name "
                 "one array per input"
             )
-        batches = {spec.name: _as_batch(path, spec, arrays[spec.name]) for spec in self.specs}
+        batches = {spec.name: _as_batch(path, spec, arrays[spec.name], self.kind) for spec in self.specs}
         sizes = {name: len(batch) for name, batch in batches.items()}
         if len(set(sizes.values())) > 1:
-            raise InputError(f"calibration data {path}: inputs hold different numbers of samples {sizes}")
+            raise InputError(f"{self.kind} {path}: inputs hold different numbers of samples {sizes}")
         count = next(iter(sizes.values()))
         return [{name: np.ascontiguousarray(batch[i]) for name, batch in batches.items()} for i in range(count)]
 
+    def extra_array(self, name: str) -> np.ndarray | None:
+        """The ``extra`` array ``name`` of every file, concatenated in file order (None when no file has it)."""
+        parts = [arrays[name] for arrays in (_read_npz(path, self.kind) for path in self.files) if name in arrays]
+        return np.concatenate(parts) if parts else None
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+
+def _read_npz(path: Path, kind: str = "calibration data") -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {name: data[name] for name in data.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
-        raise InputError(f"calibration data {path}: not a readable .npz archive ({err})") from err
+        raise InputError(f"{kind} {path}: not a readable .npz archive ({err})") from err
 
 
-def _as_batch(path: Path, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+def _as_batch(path: Path, spec: TensorSpec, array: np.ndarray, kind: str = "calibration data") -> np.ndarray:
     """``array`` as ``[N, *spec.shape]``; InputError for a shape, dtype or value that does not fit."""
     shape = tuple(array.shape)
     if shape == spec.shape:
@@ -123,14 +132,14 @@ def _as_batch(path: Path, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
     else:
         rest = list(spec.shape[1:]) if spec.shape and spec.shape[0] == 1 else list(spec.shape)
         raise InputError(
-            f"calibration data {path}: input {spec.name!r} has shape {list(shape)}, expected {list(spec.shape)} "
+            f"{kind} {path}: input {spec.name!r} has shape {list(shape)}, expected {list(spec.shape)} "
             f"or a batch [N, {', '.join(map(str, rest))}]"
         )
     if str(array.dtype) != spec.dtype:
-        raise InputError(f"calibration data {path}: input {spec.name!r} has dtype {array.dtype}, expected {spec.dtype}")
+        raise InputError(f"{kind} {path}: input {spec.name!r} has dtype {array.dtype}, expected {spec.dtype}")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         bad = int(np.argmax(~np.isfinite(batch).reshape(len(batch), -1).all(axis=1)))
-        raise InputError(f"calibration data {path}: input {spec.name!r} holds NaN or Inf (sample {bad})")
+        raise InputError(f"{kind} {path}: input {spec.name!r} holds NaN or Inf (sample {bad})")
     return batch
 
 

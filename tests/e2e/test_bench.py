@@ -59,10 +59,18 @@ def tiny_model(tmp_path_factory):
     return _tiny_cnn(tmp_path_factory.mktemp("model") / "tiny_cnn.onnx")
 
 
+EVAL_SAMPLES = 8
+
+
 @pytest.fixture(scope="module")
 def bench_dir(tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "out"
+    root = tmp_path_factory.mktemp("bench")
+    rng = np.random.default_rng(1)
+    eval_set = root / "eval.npz"
+    np.savez(eval_set, x=rng.random((EVAL_SAMPLES, 3, 32, 32), dtype=np.float32), label=np.arange(EVAL_SAMPLES) % 10)
+    out = root / "out"
     argv = ["-q", "bench", str(tiny_model), "--schemes", "none,w8a8-dynamic", "--threads", "2"]
+    argv += ["--eval-set", str(eval_set)]
     assert main([*argv, "--repeat", str(REPEAT), "--warmup", "1", "--settle-ms", "5", "-o", str(out)]) == 0
     return out
 
@@ -162,9 +170,30 @@ def test_a_board_needs_a_board_target(tiny_model, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_every_variant_answered_the_eval_set(report):
+    assert report["timing"]["eval_set"].endswith("eval.npz")
+    for row in report["results"]:
+        scored = row["eval"]
+        assert scored["samples"] == EVAL_SAMPLES and scored["reference"] == "onnxruntime float"
+        assert 0.0 <= scored["top1_accuracy"] <= 1.0
+    by_label = {f"{row['runtime']} {row['variant']}": row["eval"] for row in report["results"]}
+    assert by_label["onnxruntime float"]["top1_agreement"] == 1.0
+    assert by_label["edgetvm none"]["top1_agreement"] == 1.0  # the float build gives the same answers
+
+
+def test_an_eval_set_that_does_not_fit_exits_2_before_any_build(tiny_model, tmp_path, capsys):
+    np.savez(tmp_path / "eval.npz", image=np.zeros((2, 3, 32, 32), dtype=np.float32))
+    out = tmp_path / "out"
+    assert main(["-q", "bench", str(tiny_model), "--eval-set", str(tmp_path / "eval.npz"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "eval set" in err and "the model's inputs are ['x']" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
+        (["--target", "rpi4", "--eval-set", "eval.npz"], "--eval-set is scored by a bench on this host"),
         (["--schemes", "none,w4a4"], "unknown quantization scheme 'w4a4'"),
         (["--repeat", "0"], "--repeat must be at least 1, got 0"),
         (["--settle-ms", "-1"], "--settle-ms must be 0 or more, got -1.0"),
