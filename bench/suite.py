@@ -20,7 +20,7 @@ import kernels  # bench/kernels.py, beside this script
 from edgetvm.errors import EdgeTVMError
 from edgetvm.pipeline.bench import BenchOptions, BenchReport, run_bench
 from edgetvm.pipeline.bench_report import markdown_report
-from edgetvm.pipeline.bundled_models import BUNDLED
+from edgetvm.pipeline.bundled_models import BUNDLED, model_data
 from edgetvm.pipeline.tensor_spec import parse_shape_option
 from edgetvm.targets import resolve_target
 
@@ -43,6 +43,7 @@ def bench_model(name: str, args: argparse.Namespace) -> BenchReport:
     tuned = tuple(s for s in args.tune_schemes.split(",") if s in schemes) if args.tune_trials else ()
     needs_calibration = "w8a8-static" in schemes
     calib = calibration(name, shapes, args.results) if needs_calibration else None
+    data = model_data(name) if resolve_target(args.target).is_host else None  # board benches score no eval set
     for scheme in tuned:  # tune each (continuing earlier runs), then bench with their +tuned rows
         db = args.results / "tuning-db" / name
         _say(f"{name}: tuning {scheme}, {args.tune_trials} trials into {db}")
@@ -59,6 +60,7 @@ def bench_model(name: str, args: argparse.Namespace) -> BenchReport:
         db=str(db) if db else None,
         tuned_schemes=tuned,
         calibration=calib,
+        eval_set=str(data.eval_set) if data else None,
     )
 
     def progress(message: str) -> None:
@@ -72,17 +74,18 @@ def bench_model(name: str, args: argparse.Namespace) -> BenchReport:
 
 
 def calibration(name: str, shapes, directory: Path):
-    """What w8a8-static calibrates on: the trained models' own training images, else random inputs (the bundled
-    BlazeFace and PP-OCR models ship no images; their static builds are calibrated on noise, said in the table)."""
+    """What w8a8-static calibrates on: the model's own calibration set (the trained CNN's training images, the
+    PP-OCR classifier's rendered text lines), else random inputs (BlazeFace ships no images: its static build is
+    calibrated on noise, said in the README)."""
     import numpy as np
 
     from edgetvm.pipeline.calibrate import CalibrationOptions
     from edgetvm.pipeline.ingest import load_model
     from edgetvm.pipeline.inputs import random_inputs
-    from edgetvm.pipeline.trained_models import TRAINED, calibration_set_path
 
-    if name in TRAINED:
-        return CalibrationOptions(data=calibration_set_path(name))
+    data = model_data(name)
+    if data is not None:
+        return CalibrationOptions(data=data.calibration_set)
     specs = load_model(BUNDLED[name].path(), shapes).inputs
     samples = [random_inputs(specs, seed=1000 + i) for i in range(CALIBRATION_SAMPLES)]
     directory.mkdir(parents=True, exist_ok=True)

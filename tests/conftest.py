@@ -28,6 +28,19 @@ def ppocr_cls_path() -> Path:
     return bundled_model("ppocr-cls").path()
 
 
+@pytest.fixture(scope="session")
+def ppocr_text_lines():
+    """The PP-OCR classifier's eval set (rendered text lines, half turned by 180 degrees, labelled) and calibration
+    set (``pipeline.text_lines``), and a scorer: ``answers(run)`` -> top-1 classes of ``run`` on the eval set."""
+    from edgetvm.pipeline.bundled_models import model_data
+    from edgetvm.pipeline.eval_set import answers, load_eval_set
+    from edgetvm.pipeline.tensor_spec import TensorSpec
+
+    data = model_data("ppocr-cls")
+    eval_set = load_eval_set(data.eval_set, [TensorSpec("x", (1, 3, 48, 192), "float32")])
+    return data, eval_set, lambda run: answers(run, eval_set)
+
+
 def _ops_zoo(path: Path) -> Path:
     """A small ONNX CNN with every operator the default schedules cover: strided, depthwise, 1x1 and 3x3 conv,
     ReLU / ReLU6 / hard-swish, a residual add, max / average / global pooling and a dense layer, with channel

@@ -1,4 +1,5 @@
-"""The PP-OCR classifier compiled with --quantize w8a8-dynamic, against onnxruntime's float run."""
+"""The PP-OCR classifier compiled with --quantize w8a8-dynamic, against onnxruntime's float run on rendered text
+lines (``pipeline.text_lines``)."""
 
 import numpy as np
 import pytest
@@ -8,10 +9,12 @@ from edgetvm.pipeline.package import Package, elf_machine
 from edgetvm.pipeline.run_local import LocalRunner
 
 SHAPE = ["--input-shape", "x=1x3x48x192"]
-# Measured on 16 random inputs (seed 0): top-1 agreement 16/16, lowest cosine 0.9963 (two-class softmax outputs).
-# The bounds leave room for other CPUs' rounding; they still fail if a layer's scales are wrong.
-MIN_TOP1_AGREEMENT = 0.9
-MIN_COSINE = 0.99
+# The issue's target for both int8 schemes: 98% top-1 agreement with float. Measured on the 200 rendered lines:
+# 197 (98.5%). Cosines of the two-class softmax outputs over 32 lines: mean and lowest bounds as for the static
+# build (a line near a tie moves most); a wrong layer scale fails both.
+MIN_TOP1_AGREEMENT = 0.98
+MIN_MEAN_COSINE = 0.99
+MIN_COSINE = 0.95
 
 
 @pytest.fixture(scope="module")
@@ -39,22 +42,21 @@ def test_manifest_records_the_scheme(quantized):
     assert quantization["calibration"] is None
 
 
-def test_x86_int8_build_agrees_with_onnxruntime_float(quantized, ppocr_cls_path):
+def test_x86_int8_build_agrees_with_onnxruntime_float(quantized, ppocr_cls_path, ppocr_text_lines):
     import onnxruntime as ort
 
+    _, eval_set, answers = ppocr_text_lines
     runner = LocalRunner(Package.load(quantized("x86")))
     session = ort.InferenceSession(str(ppocr_cls_path), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    agree, cosines, errors = 0, [], []
-    for _ in range(16):
-        x = rng.random((1, 3, 48, 192), dtype=np.float32)
-        got = next(iter(runner.run({"x": x}).values())).ravel()
-        expected = session.run(None, {"x": x})[0].ravel()
-        agree += int(got.argmax() == expected.argmax())
+    agreement = (answers(lambda s: list(runner.run(s).values())) == answers(lambda s: session.run(None, s))).mean()
+    assert agreement >= MIN_TOP1_AGREEMENT, agreement
+    cosines, errors = [], []
+    for sample in eval_set.samples[:32]:
+        got = next(iter(runner.run(sample).values())).ravel()
+        expected = session.run(None, sample)[0].ravel()
         cosines.append(float(got @ expected / np.linalg.norm(got) / np.linalg.norm(expected)))
         errors.append(float(np.abs(got - expected).max()))
-    assert agree / 16 >= MIN_TOP1_AGREEMENT, agree
-    assert min(cosines) > MIN_COSINE, cosines
+    assert np.mean(cosines) > MIN_MEAN_COSINE and min(cosines) > MIN_COSINE, cosines
     assert max(errors) > 1e-3, errors  # the float build differs by 1e-7: this proves the int8 layers ran
 
 
