@@ -12,6 +12,7 @@ from edgetvm.kernels_schedules.cpu_rules import CPUFacts
 from edgetvm.kernels_schedules.fold_affine import FoldAffine
 from edgetvm.kernels_schedules.int8_conv_layout import Int8ConvLayout
 from edgetvm.kernels_schedules.pad_conv_channels import PadConvChannels
+from edgetvm.kernels_schedules.vectorizable_intrinsics import register as register_vectorizable_intrinsics
 
 # Output channels innermost in activations and weights: what the register-tiled kernels vectorise over.
 CONV_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "HWIO"]}
@@ -37,6 +38,8 @@ def relax_pipeline(target: tvm.target.Target, report: ScheduleReport | None = No
     ``tuned`` (an ``ApplyTunedSchedules`` pass) schedules the functions a tuning database has records for
     first; the default schedules take the rest.
     """
+
+    register_vectorizable_intrinsics()  # before TIR lowering vectorizes the scheduled loops
 
     @tvm.transform.module_pass(opt_level=0, name="EdgeTVMPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:

@@ -566,6 +566,9 @@ def _build(mod, target, _params):
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
+    from edgetvm.kernels_schedules.vectorizable_intrinsics import register
+
+    register()  # a candidate's quantizing epilogue vectorizes as it does in a compile
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     return tvm_build(mod, target=target)
 
