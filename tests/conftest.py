@@ -29,16 +29,46 @@ def ppocr_cls_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ppocr_text_lines():
+def ppocr_text_lines(ppocr_cls_path):
     """The PP-OCR classifier's eval set (rendered text lines, half turned by 180 degrees, labelled) and calibration
-    set (``pipeline.text_lines``), and a scorer: ``answers(run)`` -> top-1 classes of ``run`` on the eval set."""
+    set (``pipeline.text_lines``), with ``answers(run)`` (top-1 classes of ``run`` on the eval set) and
+    ``against_float(artifact)`` -> (top-1 agreement with onnxruntime's float run over the eval set, cosines and
+    max abs errors of the outputs on its first 32 lines)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import onnxruntime as ort
+
     from edgetvm.pipeline.bundled_models import model_data
     from edgetvm.pipeline.eval_set import answers, load_eval_set
+    from edgetvm.pipeline.package import Package
+    from edgetvm.pipeline.run_local import LocalRunner
     from edgetvm.pipeline.tensor_spec import TensorSpec
 
     data = model_data("ppocr-cls")
     eval_set = load_eval_set(data.eval_set, [TensorSpec("x", (1, 3, 48, 192), "float32")])
-    return data, eval_set, lambda run: answers(run, eval_set)
+    session = ort.InferenceSession(str(ppocr_cls_path), providers=["CPUExecutionProvider"])
+
+    def float_run(sample):
+        return session.run(None, sample)
+
+    def against_float(artifact):
+        runner = LocalRunner(Package.load(artifact))
+
+        def run(sample):
+            return list(runner.run(sample).values())
+
+        agreement = float((answers(run, eval_set) == answers(float_run, eval_set)).mean())
+        cosines, errors = [], []
+        for sample in eval_set.samples[:32]:
+            got, expected = run(sample)[0].ravel(), float_run(sample)[0].ravel()
+            cosines.append(float(got @ expected / np.linalg.norm(got) / np.linalg.norm(expected)))
+            errors.append(float(np.abs(got - expected).max()))
+        return agreement, cosines, errors
+
+    return SimpleNamespace(
+        data=data, eval_set=eval_set, answers=lambda run: answers(run, eval_set), against_float=against_float
+    )
 
 
 def _ops_zoo(path: Path) -> Path:

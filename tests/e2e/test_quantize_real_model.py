@@ -6,7 +6,6 @@ import pytest
 
 from edgetvm.cli import main
 from edgetvm.pipeline.package import Package, elf_machine
-from edgetvm.pipeline.run_local import LocalRunner
 
 SHAPE = ["--input-shape", "x=1x3x48x192"]
 # The target for both int8 schemes: 98% top-1 agreement with float. Measured on the 200 rendered lines:
@@ -42,20 +41,9 @@ def test_manifest_records_the_scheme(quantized):
     assert quantization["calibration"] is None
 
 
-def test_x86_int8_build_agrees_with_onnxruntime_float(quantized, ppocr_cls_path, ppocr_text_lines):
-    import onnxruntime as ort
-
-    _, eval_set, answers = ppocr_text_lines
-    runner = LocalRunner(Package.load(quantized("x86")))
-    session = ort.InferenceSession(str(ppocr_cls_path), providers=["CPUExecutionProvider"])
-    agreement = (answers(lambda s: list(runner.run(s).values())) == answers(lambda s: session.run(None, s))).mean()
+def test_x86_int8_build_agrees_with_onnxruntime_float(quantized, ppocr_text_lines):
+    agreement, cosines, errors = ppocr_text_lines.against_float(quantized("x86"))
     assert agreement >= MIN_TOP1_AGREEMENT, agreement
-    cosines, errors = [], []
-    for sample in eval_set.samples[:32]:
-        got = next(iter(runner.run(sample).values())).ravel()
-        expected = session.run(None, sample)[0].ravel()
-        cosines.append(float(got @ expected / np.linalg.norm(got) / np.linalg.norm(expected)))
-        errors.append(float(np.abs(got - expected).max()))
     assert np.mean(cosines) > MIN_MEAN_COSINE and min(cosines) > MIN_COSINE, cosines
     assert max(errors) > 1e-3, errors  # the float build differs by 1e-7: this proves the int8 layers ran
 
