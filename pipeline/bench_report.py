@@ -77,6 +77,11 @@ def _number(value: float | None, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
 
+def _milliseconds(value: float | None) -> str:
+    """Two decimals, three below 0.1 ms: a small model's 0.037 ms is not rounded to 0.04."""
+    return _number(value, ".3f" if value is not None and value < 0.1 else ".2f")
+
+
 def table_rows(report: BenchReport) -> list[str]:
     """The markdown table of the variants, header included."""
     baseline = report.baseline_label
@@ -96,8 +101,8 @@ def table_rows(report: BenchReport) -> list[str]:
         cells = [
             row.runtime,
             row.variant,
-            _number(latency.get("median"), ".2f"),
-            _number(latency.get("p90"), ".2f"),
+            _milliseconds(latency.get("median")),
+            _milliseconds(latency.get("p90")),
             _number(row.ratio_to_baseline, ".2f"),
             gflops,
             accuracy_text(row, baseline).replace("|", "/"),

@@ -185,3 +185,14 @@ def test_an_emulated_boards_numbers_say_so_everywhere(tmp_path):
     report.save(tmp_path)
     assert BenchReport.load(tmp_path).board["emulated"] is True
     plot_report(report, tmp_path / "bench.png")
+
+
+def test_sub_tenth_of_a_millisecond_medians_keep_three_decimals(rows):
+    from dataclasses import replace
+
+    def first_line(median, p90):
+        timed = replace(rows[0], latency_ms={**rows[0].latency_ms, "median": median, "p90": p90})
+        return table_rows(_report([timed, *rows[1:]]))[2]
+
+    assert first_line(0.0374, 0.0485).startswith("| onnxruntime | float | 0.037 | 0.049 |")
+    assert first_line(1.234, 1.5).startswith("| onnxruntime | float | 1.23 | 1.50 |")
