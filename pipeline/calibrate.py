@@ -89,8 +89,27 @@ class CalibrationData:
         if count == 0:
             raise InputError(f"{self.kind} {self.path}: the set is empty (0 samples); give at least one")
 
+    def read_with_extra(self) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        """Every sample, and each ``extra`` array that the files hold, concatenated in file order; every file is
+        read once."""
+        samples: list[dict[str, np.ndarray]] = []
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in self.extra}
+        for path in self.files:
+            arrays = _read_npz(path, self.kind)
+            samples += self._samples(path, arrays)
+            for name in self.extra:
+                if name in arrays:
+                    parts[name].append(arrays[name])
+        if not samples:
+            raise InputError(f"{self.kind} {self.path}: the set is empty (0 samples); give at least one")
+        return samples, {name: np.concatenate(arrays) for name, arrays in parts.items() if arrays}
+
     def _read(self, path: Path) -> list[dict[str, np.ndarray]]:
-        arrays = {name: array for name, array in _read_npz(path, self.kind).items() if name not in self.extra}
+        return self._samples(path, _read_npz(path, self.kind))
+
+    def _samples(self, path: Path, arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """The samples of one file's ``arrays`` (its ``extra`` arrays left out), checked against the inputs."""
+        arrays = {name: array for name, array in arrays.items() if name not in self.extra}
         if len(self.specs) == 1 and list(arrays) == ["arr_0"]:
             arrays = {self.specs[0].name: arrays["arr_0"]}
         names = [spec.name for spec in self.specs]
@@ -105,11 +124,6 @@ class CalibrationData:
             raise InputError(f"{self.kind} {path}: inputs hold different numbers of samples {sizes}")
         count = next(iter(sizes.values()))
         return [{name: np.ascontiguousarray(batch[i]) for name, batch in batches.items()} for i in range(count)]
-
-    def extra_array(self, name: str) -> np.ndarray | None:
-        """The ``extra`` array ``name`` of every file, concatenated in file order (None when no file has it)."""
-        parts = [arrays[name] for arrays in (_read_npz(path, self.kind) for path in self.files) if name in arrays]
-        return np.concatenate(parts) if parts else None
 
 
 def _read_npz(path: Path, kind: str = "calibration data") -> dict[str, np.ndarray]:

@@ -45,9 +45,8 @@ def load_eval_set(path: str | Path, specs: list[TensorSpec], limit: int | None =
     """
     from edgetvm.pipeline.calibrate import CalibrationData
 
-    data = CalibrationData(path, specs, kind=KIND, extra=(LABEL,))
-    samples = list(data)
-    labels = data.extra_array(LABEL)
+    samples, extra = CalibrationData(path, specs, kind=KIND, extra=(LABEL,)).read_with_extra()
+    labels = extra.get(LABEL)
     if labels is not None:
         if labels.dtype.kind not in "iu" or labels.ndim != 1 or len(labels) != len(samples):
             raise InputError(
