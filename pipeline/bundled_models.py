@@ -15,23 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgetvm.errors import InputError
+from edgetvm.pipeline.eval_set import ModelData
+from edgetvm.pipeline.text_lines import text_line_sets
 from edgetvm.pipeline.trained_models import TRAINED, TrainedModel
-
-
-@dataclass(frozen=True)
-class ModelData:
-    """Real inputs for a model: an eval set (inputs and ``label``) and a calibration set (inputs)."""
-
-    eval_set: Path
-    calibration_set: Path
-    description: str
-
-
-def _ppocr_text_lines() -> ModelData:
-    from edgetvm.pipeline.text_lines import text_line_sets
-
-    sets = text_line_sets()
-    return ModelData(sets.eval_set, sets.calibration_set, "text lines rendered here, half turned by 180 degrees")
 
 
 @dataclass(frozen=True)
@@ -71,7 +57,7 @@ BUNDLED: dict[str, BundledModel | TrainedModel] = {
             "models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
             input_shapes=("x=1x3x48x192",),
             description="PP-OCR mobile v2 text-orientation classifier (ONNX, MobileNetV3-small)",
-            data=_ppocr_text_lines,
+            data=text_line_sets,  # text lines rendered here, half turned by 180 degrees
         ),
         *TRAINED.values(),
     )
@@ -84,7 +70,7 @@ def model_data(name: str) -> ModelData | None:
     model = bundled_model(name)
     if isinstance(model, TrainedModel):
         artifacts = model.artifacts()
-        return ModelData(artifacts.eval_set, artifacts.calibration_set, "held-out test split and training images")
+        return ModelData(artifacts.eval_set, artifacts.calibration_set)  # held-out test split, training images
     return model.data() if model.data else None
 
 

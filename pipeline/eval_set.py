@@ -25,6 +25,14 @@ KIND = "eval set"
 
 
 @dataclass(frozen=True)
+class ModelData:
+    """Real inputs for a model: an eval set (inputs and ``label``) and a calibration set (inputs), as files."""
+
+    eval_set: Path
+    calibration_set: Path
+
+
+@dataclass(frozen=True)
 class EvalSet:
     path: Path
     samples: list[dict[str, np.ndarray]]

@@ -27,6 +27,7 @@ import numpy as np
 
 from edgetvm.cache import cache_dir, write_atomic
 from edgetvm.errors import InputError
+from edgetvm.pipeline.eval_set import ModelData
 
 FONTS = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif-Italic.ttf")
 UPRIGHT, TURNED = 0, 1  # the classifier's classes: "0" and "180"
@@ -51,17 +52,11 @@ class TextLineRecipe:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class TextLineSets:
-    eval_set: Path
-    calibration_set: Path
-
-
-def text_line_sets(recipe: TextLineRecipe | None = None) -> TextLineSets:
+def text_line_sets(recipe: TextLineRecipe | None = None) -> ModelData:
     """The eval and calibration sets of ``recipe``, rendered and written on first use (about a second)."""
     recipe = recipe or TextLineRecipe()
     directory = cache_dir() / "data" / f"ppocr-text-lines-{recipe.key()}"
-    sets = TextLineSets(directory / "eval.npz", directory / "calib.npz")
+    sets = ModelData(directory / "eval.npz", directory / "calib.npz")
     if not (sets.eval_set.is_file() and sets.calibration_set.is_file()):
         directory.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(recipe.seed)
