@@ -41,9 +41,10 @@ def bench_model(name: str, args: argparse.Namespace) -> BenchReport:
     db = None
     schemes = tuple(args.schemes.split(","))
     tuned = tuple(s for s in args.tune_schemes.split(",") if s in schemes) if args.tune_trials else ()
+    data = model_data(name)
     needs_calibration = "w8a8-static" in schemes
-    calib = calibration(name, shapes, args.results) if needs_calibration else None
-    data = model_data(name) if resolve_target(args.target).is_host else None  # board benches score no eval set
+    calib = calibration(name, shapes, data, args.results) if needs_calibration else None
+    on_host = resolve_target(args.target).is_host  # board benches score no eval set
     for scheme in tuned:  # tune each (continuing earlier runs), then bench with their +tuned rows
         db = args.results / "tuning-db" / name
         _say(f"{name}: tuning {scheme}, {args.tune_trials} trials into {db}")
@@ -60,7 +61,7 @@ def bench_model(name: str, args: argparse.Namespace) -> BenchReport:
         db=str(db) if db else None,
         tuned_schemes=tuned,
         calibration=calib,
-        eval_set=str(data.eval_set) if data else None,
+        eval_set=str(data.eval_set) if data and on_host else None,
     )
 
     def progress(message: str) -> None:
@@ -73,7 +74,7 @@ def bench_model(name: str, args: argparse.Namespace) -> BenchReport:
     return run_board_bench(model.path(), args.results / name, options, BoardBenchOptions(args.board), progress)
 
 
-def calibration(name: str, shapes, directory: Path):
+def calibration(name: str, shapes, data, directory: Path):
     """What w8a8-static calibrates on: the model's own calibration set (the trained CNN's training images, the
     PP-OCR classifier's rendered text lines), else random inputs (BlazeFace ships no images: its static build is
     calibrated on noise, said in the README)."""
@@ -83,8 +84,7 @@ def calibration(name: str, shapes, directory: Path):
     from edgetvm.pipeline.ingest import load_model
     from edgetvm.pipeline.inputs import random_inputs
 
-    data = model_data(name)
-    if data is not None:
+    if data is not None:  # the model's ModelData
         return CalibrationOptions(data=data.calibration_set)
     specs = load_model(BUNDLED[name].path(), shapes).inputs
     samples = [random_inputs(specs, seed=1000 + i) for i in range(CALIBRATION_SAMPLES)]

@@ -274,10 +274,11 @@ def measure_variants(
             row.error = f"failed on the first run: {type(err).__name__}: {last_line(err)}"
             continue
         if eval_set is not None:
-            if progress:
+            if progress and variant is not reference:
                 progress(f"{row.label}: answering the {len(eval_set)} samples of the eval set")
             try:
-                row.eval = score(answers(variant.run, eval_set), eval_set, reference_answers, reference.label)
+                predicted = reference_answers if variant is reference else answers(variant.run, eval_set)
+                row.eval = score(predicted, eval_set, reference_answers, reference.label)
             except InputError:
                 raise  # the eval set does not fit the model: every row would fail alike
             except Exception as err:

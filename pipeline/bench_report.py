@@ -131,7 +131,7 @@ def markdown_report(report: BenchReport) -> str:
         "",
         f"ratio = median / median of {report.baseline_label} (below 1 is faster). "
         "GFLOP/s = model FLOPs / median latency.",
-        *([eval_caption(report)] if eval_caption(report) else []),
+        *filter(None, [eval_caption(report)]),
         "",
     ]
     return "\n".join(lines)
