@@ -31,15 +31,16 @@ def ppocr_cls_path() -> Path:
 @pytest.fixture(scope="session")
 def ppocr_text_lines(ppocr_cls_path):
     """The PP-OCR classifier's eval set (rendered text lines, half turned by 180 degrees, labelled) and calibration
-    set (``pipeline.text_lines``), with ``answers(run)`` (top-1 classes of ``run`` on the eval set) and
-    ``against_float(artifact)`` -> (top-1 agreement with onnxruntime's float run over the eval set, cosines and
-    max abs errors of the outputs on its first 32 lines)."""
+    set (``pipeline.text_lines``), onnxruntime's float answers on the eval set (``float_answers``), and
+    ``against_float(artifact)`` -> (top-1 agreement with those answers, cosines and max abs errors of the outputs
+    on the first 32 lines)."""
     from types import SimpleNamespace
 
     import numpy as np
     import onnxruntime as ort
 
     from edgetvm.pipeline.bundled_models import model_data
+    from edgetvm.pipeline.compare import cosine_similarity
     from edgetvm.pipeline.eval_set import answers, load_eval_set
     from edgetvm.pipeline.package import Package
     from edgetvm.pipeline.run_local import LocalRunner
@@ -52,23 +53,23 @@ def ppocr_text_lines(ppocr_cls_path):
     def float_run(sample):
         return session.run(None, sample)
 
+    float_answers = answers(float_run, eval_set)
+
     def against_float(artifact):
         runner = LocalRunner(Package.load(artifact))
 
         def run(sample):
             return list(runner.run(sample).values())
 
-        agreement = float((answers(run, eval_set) == answers(float_run, eval_set)).mean())
+        agreement = float((answers(run, eval_set) == float_answers).mean())
         cosines, errors = [], []
         for sample in eval_set.samples[:32]:
-            got, expected = run(sample)[0].ravel(), float_run(sample)[0].ravel()
-            cosines.append(float(got @ expected / np.linalg.norm(got) / np.linalg.norm(expected)))
+            got, expected = run(sample)[0], float_run(sample)[0]
+            cosines.append(cosine_similarity(got, expected))
             errors.append(float(np.abs(got - expected).max()))
         return agreement, cosines, errors
 
-    return SimpleNamespace(
-        data=data, eval_set=eval_set, answers=lambda run: answers(run, eval_set), against_float=against_float
-    )
+    return SimpleNamespace(data=data, eval_set=eval_set, float_answers=float_answers, against_float=against_float)
 
 
 def _ops_zoo(path: Path) -> Path:
