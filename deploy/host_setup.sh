@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Install the Debian packages edgetvm needs on the host: cross compilers for the boards, and debootstrap +
 # qemu-user-static for the emulated board. Installs only what is missing; needs root (or sudo).
+# The cross C libraries (crti.o, libc.so for the linker) are only Recommends of the cross compilers, which
+# --no-install-recommends skips: without them every board build fails to link.
 set -euo pipefail
 
-packages=(gcc g++ gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf openssh-client
+packages=(gcc g++ gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
+          openssh-client
           debootstrap qemu-user-static binfmt-support)
 missing=()
 for pkg in "${packages[@]}"; do
