@@ -117,7 +117,9 @@ def quantize_weight(weight: np.ndarray, channel_axis: int, per_tensor: bool = Fa
 
 
 def _quantize_activation(data: relax.Expr) -> tuple[relax.Expr, relax.Expr]:
-    max_abs = R.maximum(R.max(R.abs(data)), relax.const(EPSILON, "float32"))
+    # max(max|x|, eps) as the largest of max(|x|, eps): the floor is fused into the reduction's kernel. Applied to
+    # the reduced scalar, it was a kernel of its own per layer input, shared by the quantize and the dequantize.
+    max_abs = R.max(R.maximum(R.abs(data), relax.const(EPSILON, "float32")))
     scale = R.divide(max_abs, relax.const(float(QMAX), "float32"))
     # Multiply by the reciprocal, one scalar division: a division per element costs several multiply-adds.
     rounded = R.round(R.multiply(data, R.divide(relax.const(float(QMAX), "float32"), max_abs)))

@@ -3,7 +3,7 @@
 After ``DynamicQuantize`` a layer feeding another reads, between the two int8 convs/matmuls::
 
     acc (int32) -> astype f32 -> * x_scale * w_scale -> + bias -> relu -> [max_pool2d] -> [reshape]
-        -> x;  s = max(max|x|, eps);  int8(clip(round(x * (127 / s)), -127, 127)) -> next layer
+        -> x;  s = max(max(|x|, eps));  int8(clip(round(x * (127 / s)), -127, 127)) -> next layer
 
 and the float32 ``x`` is written to memory between the layers: once for the reduction, once more for the quantize.
 This pass rewrites the quantize of every such layer input (``[relu|clip(0, hi)](affine(acc))``, the affine ops
@@ -89,7 +89,7 @@ class _DynamicRequantizer(relax.PyExprMutator):
         self._pooled: dict[relax.Var, relax.Var] = {}  # quantized layer input -> its pooled accumulator
 
     def _dynamic_quantize_input(self, call: relax.Expr) -> relax.Var | None:
-        """``x`` when ``call`` is DynamicQuantize's ``int8(clip(round(x * (127 / max(max|x|, eps)))))``."""
+        """``x`` when ``call`` is DynamicQuantize's ``int8(clip(round(x * (127 / max(max(|x|, eps))))))``."""
         of = self._bound.of
         scaled = of(self._bound.rounded_to_int8(call), uses=None)
         if op_name(scaled) != "relax.multiply":
@@ -98,13 +98,13 @@ class _DynamicRequantizer(relax.PyExprMutator):
         inv = of(inv, uses=None)
         if op_name(inv) != "relax.divide" or _scalar(float32_constant(inv.args[0])) != QMAX:
             return None
-        floor = of(inv.args[1], uses=None)
-        if op_name(floor) != "relax.maximum" or not _scalar(float32_constant(floor.args[1])) > 0:
-            return None
-        reduced = of(floor.args[0], uses=None)
+        reduced = of(inv.args[1], uses=None)
         if op_name(reduced) != "relax.max" or reduced.attrs.axis is not None:
             return None
-        magnitude = of(reduced.args[0], uses=None)
+        floor = of(reduced.args[0], uses=None)
+        if op_name(floor) != "relax.maximum" or not _scalar(float32_constant(floor.args[1])) > 0:
+            return None
+        magnitude = of(floor.args[0], uses=None)
         if op_name(magnitude) != "relax.abs" or not magnitude.args[0].same_as(data):
             return None
         return data
@@ -179,11 +179,14 @@ class _DynamicRequantizer(relax.PyExprMutator):
         return True
 
     def _is_dynamic_scale(self, expr: relax.Expr) -> bool:
-        """Whether ``expr`` is DynamicQuantize's activation scale ``max(max|x|, eps) / 127``, positive."""
+        """Whether ``expr`` is DynamicQuantize's activation scale ``max(max(|x|, eps)) / 127``, positive."""
         scale = self._bound.of(expr, uses=None)
         if op_name(scale) != "relax.divide" or not _scalar(float32_constant(scale.args[1])) > 0:
             return False
-        floor = self._bound.of(scale.args[0], uses=None)
+        reduced = self._bound.of(scale.args[0], uses=None)
+        if op_name(reduced) != "relax.max":
+            return False
+        floor = self._bound.of(reduced.args[0], uses=None)
         return op_name(floor) == "relax.maximum" and _scalar(float32_constant(floor.args[1])) > 0
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
