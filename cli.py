@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgetvm import __version__
+from edgetvm.cache import write_atomic, write_text_atomic
 from edgetvm.errors import EXIT_INTERRUPTED, EdgeTVMError, InputError
 
 log = logging.getLogger("edgetvm")
@@ -163,7 +164,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for out in result.outputs:
         print(_agreement_line(out))
     if args.json:
-        _atomic_write(Path(args.json), json.dumps(result.to_json(), indent=2) + "\n")
+        write_text_atomic(Path(args.json), json.dumps(result.to_json(), indent=2) + "\n")
     return 0
 
 
@@ -192,7 +193,7 @@ def _compare_per_layer(args: argparse.Namespace, package) -> int:
             f"{layer.added_noise:>11.2e}{mark}"
         )
     if args.json:
-        _atomic_write(Path(args.json), json.dumps(report.to_json(), indent=2) + "\n")
+        write_text_atomic(Path(args.json), json.dumps(report.to_json(), indent=2) + "\n")
     if args.plot:
         write_sqnr_chart(report, args.plot)
         print(f"wrote {args.plot}")
@@ -251,18 +252,10 @@ def _bench_on_board(args: argparse.Namespace) -> bool:
     return on_board
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _atomic_savez(path: Path, arrays: dict) -> None:
     import numpy as np
 
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 class _progress:
@@ -583,7 +576,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     if args.output:
         path = Path(args.output)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, json.dumps(report.to_json(), indent=2) + "\n")
+        write_text_atomic(path, json.dumps(report.to_json(), indent=2) + "\n")
         _atomic_savez(path.with_suffix(".outputs.npz"), report.outputs)
     print(report.summary())
     if not budget.empty:  # after the report is written: a broken budget leaves what it measured to look at

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgetvm.cache import cache_dir
+from edgetvm.cache import cache_dir, write_text_atomic
 from edgetvm.errors import BoardError, InputError
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class BoardState:
     def save(self, path: str | Path) -> None:
         """Write the state as JSON, atomically (a temporary file renamed over ``path``)."""
         path = Path(path)
-        _write_atomic(path, json.dumps(self.to_json(), indent=2) + "\n")
+        write_text_atomic(path, json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> BoardState:
@@ -389,7 +389,7 @@ def _mount_cpuinfo(rootfs: Path, state_dir: Path) -> None:
     if target in mounts_under(target):
         return
     source = state_dir / "cpuinfo"
-    _write_atomic(source, emulated_cpuinfo(os.cpu_count() or 1))
+    write_text_atomic(source, emulated_cpuinfo(os.cpu_count() or 1))
     _run(["mount", "--bind", str(source), str(target)], "bind-mount the board's /proc/cpuinfo")
     _run(["mount", "-o", "remount,bind,ro", str(target)], "make the board's /proc/cpuinfo read-only")
 
@@ -739,7 +739,7 @@ class EmulatedBoard:
         self._wait_for_banner(self._sshd, port)
         log.info("board %s: sshd answered after %.1f s", self.name, time.monotonic() - started)
         host_key = (self.rootfs / "etc/ssh/ssh_host_ed25519_key.pub").read_text()
-        _write_atomic(self.known_hosts_file, known_hosts_line(LOOPBACK, port, host_key) + "\n")
+        write_text_atomic(self.known_hosts_file, known_hosts_line(LOOPBACK, port, host_key) + "\n")
         state = BoardState(
             name=self.name,
             host=LOOPBACK,
@@ -795,7 +795,7 @@ def _unlock_account(shadow: Path, user: str) -> None:
             fields[1] = "*"
             lines[index] = ":".join(fields)
             before = shadow.stat()
-            _write_atomic(shadow, "".join(lines))
+            write_text_atomic(shadow, "".join(lines))
             os.chown(shadow, before.st_uid, before.st_gid)
             shadow.chmod(before.st_mode & 0o7777)
             return
@@ -844,13 +844,6 @@ def _run(argv: Sequence[str], what: str) -> str:
         reason = lines[-1] if lines else f"exit code {result.returncode}"
         raise BoardError(f"{what} failed: {reason} (command: {shlex.join(argv)})")
     return result.stdout
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 @contextmanager

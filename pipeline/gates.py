@@ -12,12 +12,11 @@ class scores, else ``100 * (1 - cosine)``; a build's drop is its worst output's.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
+from edgetvm.cache import write_atomic
 from edgetvm.errors import BudgetError, InputError
 
 
@@ -153,12 +152,7 @@ def write_junit(path: Path, results: list[GateResult], suite: str = "edgetvm-gat
             ElementTree.SubElement(case, "failure", message=result.message, type="BudgetError").text = result.message
         else:
             ElementTree.SubElement(case, "system-out").text = result.message
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as handle:
-        ElementTree.ElementTree(root).write(handle, encoding="utf-8", xml_declaration=True)
-    os.replace(temporary, path)
+    write_atomic(Path(path), lambda f: ElementTree.ElementTree(root).write(f, encoding="utf-8", xml_declaration=True))
 
 
 def enforce(budget: Budget, measurements: list[Measurement], junit: Path | None = None) -> list[GateResult]:

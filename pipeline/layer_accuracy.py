@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetvm.cache import write_atomic
 from edgetvm.errors import InputError
 from edgetvm.pipeline.compare import OutputAgreement, compare_outputs
 from edgetvm.pipeline.gates import accuracy_drop
@@ -400,7 +401,4 @@ def write_sqnr_chart(report: LayerReport, path: str | Path) -> None:
         fontsize=9,
     )
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=100)
-    os.replace(temporary, path)
+    write_atomic(path, lambda f: figure.savefig(f, format="png", dpi=100))

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgetvm.cache import write_text_atomic
 from edgetvm.errors import BuildError, InputError, last_line
 from edgetvm.pipeline.ingest import ImportedModel
 from edgetvm.targets import TargetPreset
@@ -750,7 +751,4 @@ def hottest_first(searchable: list, best_ms: dict[str, float | None], options: T
 
 
 def _write_report(work_dir: Path, report: TuningReport) -> None:
-    path = work_dir / REPORT
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    tmp.replace(path)
+    write_text_atomic(work_dir / REPORT, json.dumps(report.to_json(), indent=2) + "\n")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgetvm.cache import write_text_atomic
+
 RECORDS = "database_tuning_record.json"
 
 
@@ -45,7 +47,5 @@ def keep_latest(directory: str | Path) -> int:
     kept = [line for index, (line, key) in enumerate(zip(lines, keys, strict=True)) if last.get(key, index) == index]
     dropped = len(lines) - len(kept)
     if dropped:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept))
-        tmp.replace(path)
+        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
     return dropped
