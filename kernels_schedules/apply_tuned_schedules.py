@@ -14,10 +14,9 @@ from tvm import tirx
 from tvm.target import Target
 
 from edgetvm.kernels_schedules.apply_schedules import is_scheduled
+from edgetvm.pipeline.tuning_records import FAILED_SECONDS
 
 log = logging.getLogger(__name__)
-
-FAILED_SECONDS = 1e9
 
 
 @dataclass

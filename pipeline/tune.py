@@ -30,12 +30,12 @@ from typing import Any
 from edgetvm.cache import write_text_atomic
 from edgetvm.errors import BuildError, InputError, last_line
 from edgetvm.pipeline.ingest import ImportedModel
+from edgetvm.pipeline.tuning_records import FAILED_SECONDS
 from edgetvm.targets import TargetPreset
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-FAILED_SECONDS = 1e9  # MetaSchedule stores a failed candidate as 1e10 s; anything this slow is a failure
 REPORT = "tuning.json"
 DEFAULT_TRIALS_PER_ITER = 16
 # The search gives each task it reaches at least this many batches of candidates: a budget spread one batch per

@@ -74,7 +74,7 @@ class TuneProgress:
         from tvm.ir.utils import derived_object
         from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
-        from edgetvm.pipeline.tune import FAILED_SECONDS
+        from edgetvm.pipeline.tuning_records import FAILED_SECONDS
 
         progress = self
 

@@ -18,6 +18,10 @@ from pathlib import Path
 
 from edgetvm.cache import write_text_atomic
 
+# MetaSchedule records a candidate that failed to build, run or finish as 1e10 s: a record this slow is a failure,
+# never a schedule to rank or apply.
+FAILED_SECONDS = 1e9
+
 RECORDS = "database_tuning_record.json"
 
 
