@@ -284,3 +284,13 @@ def test_relu6_folds_into_the_clip_and_keeps_the_numbers(weights):
         x = x * 4  # ReLU6 saturates for part of the outputs
         expected = _run(plain, x)
         np.testing.assert_allclose(_run(mod, x), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("requantize", [False, True])
+def test_each_run_time_scale_is_one_reduction_kernel(weights, requantize):
+    """``max(max(|x|, eps))``: the floor that keeps a zero tensor's scale finite is fused into the reduction. Applied
+    to the reduced scalar, it was a kernel (and an allocation) of its own per layer input."""
+    scalars = [name for name, _, shape in _fused_tensors(_dynamic(_two_convs(weights), requantize)) if shape == ()]
+    floors = [name for name in scalars if "maximum" in name]
+    assert len(floors) == 2 and all(name.endswith(("max", "max1", "max2")) for name in floors), scalars
+    assert "maximum" not in scalars, scalars
