@@ -17,7 +17,7 @@ from edgetvm.kernels_schedules.vectorizable_intrinsics import register as regist
 # Output channels innermost in activations and weights: what the register-tiled kernels vectorise over.
 CONV_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "HWIO"]}
 # Output channels are padded to whole 8-lane vectors at most: on AVX-512, 24 channels run as 3 ymm registers
-# rather than as 32 padded channels in 2 zmm (BlazeFace's 1x1 24->24 convs at 64x64 took 3x longer that way).
+# rather than as 32 padded channels in 2 zmm (BlazeFace's 1x1 24->24 convs at 64x64 took 2.6x longer that way).
 PAD_LANES = 8
 
 
