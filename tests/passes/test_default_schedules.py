@@ -360,3 +360,17 @@ def test_pair_intrinsic_allocates_nothing():
 
     impl = TensorIntrin.get(PMADDWD_8x2).impl.script()
     assert "alloc" not in impl and "llvm.x86.avx2.pmadd.wd" in impl, impl
+
+
+@pytest.mark.parametrize(
+    "shape, parallel", [((1, 64, 64, 24), True), ((1, 32, 32, 36), True), ((1, 16, 16, 24), False)]
+)
+def test_elementwise_kernels_run_in_parallel_from_32k_elements(shape, parallel):
+    """A quantize over BlazeFace's 1x64x64x24 ran serially below the conv threshold (131072)."""
+    from tvm import te, topi
+
+    x = te.placeholder(shape, "float32", name="x")
+    func = te.create_prim_func([x, topi.cast(topi.round(topi.multiply(x, 12.5)), "int8")])
+    scheduled, rule = schedule_function(func, AVX2)
+    assert rule == "elementwise"
+    assert ("T.parallel(" in scheduled.mod.script()) == parallel
