@@ -14,7 +14,7 @@ from tvm import tirx
 from tvm.target import Target
 
 from edgetvm.kernels_schedules.apply_schedules import is_scheduled
-from edgetvm.pipeline.tuning_records import FAILED_SECONDS
+from edgetvm.pipeline.tuning_records import record_seconds
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,7 @@ def best_record(database, workload: tvm.IRModule):
     if not database.has_workload(workload):
         return None
     for record in database.get_top_k(database.commit_workload(workload), 1):
-        secs = [float(s) for s in record.run_secs or []]
-        if secs and sum(secs) / len(secs) < FAILED_SECONDS:
+        if record_seconds(record.run_secs) is not None:
             return record
     return None
 

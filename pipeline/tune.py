@@ -30,7 +30,7 @@ from typing import Any
 from edgetvm.cache import write_text_atomic
 from edgetvm.errors import BuildError, InputError, last_line
 from edgetvm.pipeline.ingest import ImportedModel
-from edgetvm.pipeline.tuning_records import FAILED_SECONDS
+from edgetvm.pipeline.tuning_records import FAILED_SECONDS, record_seconds
 from edgetvm.targets import TargetPreset
 
 log = logging.getLogger(__name__)
@@ -271,19 +271,11 @@ def tuning_tasks(imported: ImportedModel, target: TargetPreset) -> list[TuningTa
     return tasks
 
 
-def _seconds(run_secs) -> float | None:
-    if run_secs is None or len(run_secs) == 0:
-        return None
-    values = [float(v) for v in run_secs]
-    mean = sum(values) / len(values)
-    return None if mean >= FAILED_SECONDS else mean
-
-
 def _best_ms(database, task: TuningTask) -> float | None:
     from edgetvm.kernels_schedules.apply_tuned_schedules import best_record
 
     best = best_record(database, task.mod)
-    return None if best is None else _seconds(best.run_secs) * 1e3
+    return None if best is None else record_seconds(best.run_secs) * 1e3
 
 
 Measured = tuple[list[float] | None, str | None]  # a candidate's run_secs, or None and why it failed
@@ -368,14 +360,14 @@ def climb_task(database, task: TuningTask, target, measurer: Measurer, tracker, 
         for trace, (run_secs, error) in zip(
             traces, _measure_batch(measurer, target, schedules, [task.mod["main"]] * len(schedules)), strict=True
         ):
-            times.append(_seconds(_commit(database, task, trace, run_secs, target)))
+            times.append(record_seconds(_commit(database, task, trace, run_secs, target)))
             errors.append(error)
         tracker.record(task.name, times, errors)
         return times
 
     if not records:  # no default schedule with tile decisions (an elementwise function): nothing to climb
         return 0
-    return tile_climb.climb(records[0].trace, _seconds(records[0].run_secs), measure, budget, measured)
+    return tile_climb.climb(records[0].trace, record_seconds(records[0].run_secs), measure, budget, measured)
 
 
 def seed_defaults(database, tasks: list[TuningTask], target: TargetPreset, measurer: Measurer, progress=None):
@@ -503,7 +495,7 @@ def _recorded_default_ms(database, task: TuningTask, trace) -> float | None:
     wanted = _trace_key(trace)
     for record in database.get_top_k(workload, 1 << 20):
         if _trace_key(record.trace) == wanted:
-            secs = _seconds(record.run_secs)
+            secs = record_seconds(record.run_secs)
             return None if secs is None else secs * 1e3
     return None
 

@@ -74,7 +74,7 @@ class TuneProgress:
         from tvm.ir.utils import derived_object
         from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
-        from edgetvm.pipeline.tuning_records import FAILED_SECONDS
+        from edgetvm.pipeline.tuning_records import record_seconds
 
         progress = self
 
@@ -84,12 +84,9 @@ class TuneProgress:
                 task = searched[int(task_id)]
                 times, errors = [], []
                 for built, ran in zip(builder_results, runner_results, strict=True):
-                    secs = None
-                    if not built.error_msg and not ran.error_msg and ran.run_secs:
-                        mean = sum(float(s) for s in ran.run_secs) / len(ran.run_secs)
-                        secs = mean if mean < FAILED_SECONDS else None
-                    times.append(secs)
-                    errors.append(built.error_msg or ran.error_msg)
+                    error = built.error_msg or ran.error_msg
+                    times.append(None if error else record_seconds(ran.run_secs))
+                    errors.append(error)
                 progress.record(task, times, errors)
 
         return _Callback()

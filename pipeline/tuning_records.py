@@ -22,6 +22,16 @@ from edgetvm.cache import write_text_atomic
 # never a schedule to rank or apply.
 FAILED_SECONDS = 1e9
 
+
+def record_seconds(run_secs) -> float | None:
+    """A record's (or a measurement's) mean time in seconds; None when it has none or failed."""
+    values = [float(v) for v in run_secs or []]
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    return None if mean >= FAILED_SECONDS else mean
+
+
 RECORDS = "database_tuning_record.json"
 
 
