@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetvm.cache import write_text_atomic
 from edgetvm.pipeline.roofline import measure_sgemm
 from edgetvm.pipeline.runtime_threads import call_with_tvm_threads
 from edgetvm.targets import resolve_target
@@ -196,11 +197,8 @@ def run(threads: int, repeat: int, results: Path) -> str:
     sgemm = measure_sgemm(threads)
     result, effective = call_with_tvm_threads(lambda: measure(threads, repeat), threads)
     result.update({"threads": threads, "tvm_threads": effective, "sgemm_gflops": sgemm.gflops})
-    results.mkdir(parents=True, exist_ok=True)
     for name, text in (("kernels.json", json.dumps(result, indent=2)), ("kernels.md", markdown(result))):
-        temporary = results / f".{name}.tmp"
-        temporary.write_text(text)
-        temporary.replace(results / name)
+        write_text_atomic(results / name, text)
     return markdown(result)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import kernels  # bench/kernels.py, beside this script
 
+from edgetvm.cache import write_atomic, write_text_atomic
 from edgetvm.errors import EdgeTVMError
 from edgetvm.pipeline.bench import BenchOptions, BenchReport, run_bench
 from edgetvm.pipeline.bench_report import markdown_report
@@ -88,9 +89,9 @@ def calibration(name: str, shapes, data, directory: Path):
         return CalibrationOptions(data=data.calibration_set)
     specs = load_model(BUNDLED[name].path(), shapes).inputs
     samples = [random_inputs(specs, seed=1000 + i) for i in range(CALIBRATION_SAMPLES)]
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}-calibration-random.npz"  # beside the model's report folder, which bench replaces
-    np.savez(path, **{spec.name: np.stack([sample[spec.name] for sample in samples]) for spec in specs})
+    stacked = {spec.name: np.stack([sample[spec.name] for sample in samples]) for spec in specs}
+    write_atomic(path, lambda f: np.savez(f, **stacked))
     return CalibrationOptions(data=path)
 
 
@@ -185,9 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{table}", flush=True)
         text += "\n" + table.replace("## ", "## ", 1)
     path = args.results / "summary.md"
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
+    write_text_atomic(path, text)
     print(f"wrote {path}")
     return 1 if failed else 0
 
