@@ -200,23 +200,34 @@ def vector_width(cols: int, lanes: int) -> int:
     return width
 
 
+HALF_VECTOR_MIN_LANES = 8  # choose_tile tries half a register only where that is a whole ymm (AVX-512)
+
+
 def choose_tile(
     rows_extent: int, cols_extent: int, lanes: int, facts: CPUFacts, shared_input: bool = False
 ) -> TileChoice:
     """Largest register tile that fits the SIMD register file with room for operands.
 
     Columns: the whole axis when it fits in four vectors (28 channels become 3.5 AVX2 vectors, which LLVM splits
-    into ymm + xmm), else whole vectors that divide it: four, three or two. With ``shared_input`` (one input
-    value broadcast across the columns: a conv summing input channels), five too: 200 channels as 5 vectors x 2
-    rows load 7 operands per 10 multiply-adds, where 1 x 8 loaded 9 per 8 (PP-OCR's 1x1 32->200 conv: 52 -> 42 us,
-    one thread). A depthwise conv or a pool loads a vector of input per multiply-add whatever the tile, and
-    more columns only cost it rows that share a weight vector (PP-OCR's 5x5 depthwise: 55 -> 76 us).
+    into ymm + xmm), else whole vectors that divide it: four, three or two. With ``shared_input`` (one input value
+    broadcast across the columns: a conv summing input channels), five too: 200 channels as 5 vectors x 2 rows
+    load 7 operands per 10 multiply-adds, where 1 x 8 loaded 9 per 8 (PP-OCR's 1x1 32->200 conv: 52 -> 42 us, one
+    thread). On AVX-512, where 16 lanes divide none of these, the same in whole ymm halves: PP-OCR's 88 and 104
+    channels had become 44- and 52-wide tiles of xmm quarters, and its 5x5 depthwise convs over them ran 2.5x
+    slower than in 8-wide ymm tiles, its 1x1 16->88 conv 1.7x. A depthwise conv or a pool loads a vector of
+    input per multiply-add whatever the tile, and more columns only cost it rows that share a weight vector
+    (PP-OCR's 5x5 depthwise: 55 -> 76 us).
     """
     if cols_extent <= lanes * 4:
         cols = cols_extent
     else:
-        wide = [lanes * 5] if shared_input else []
-        cols = _pick(cols_extent, [lanes * 4, lanes * 3, lanes * 2, *wide, lanes])
+        widths = [lanes, lanes // 2] if lanes // 2 >= HALF_VECTOR_MIN_LANES else [lanes]
+        cols = 1
+        for width in widths:
+            wide = [width * 5] if shared_input else []
+            cols = _pick(cols_extent, [width * 4, width * 3, width * 2, *wide, width])
+            if cols > 1:
+                break
         if cols == 1:
             cols = _pick(cols_extent, [d for d in range(lanes * 4, 3, -1) if d % 4 == 0])
     # Registers: rows x vectors accumulators, the vectors of weights every row multiplies, and the broadcast input.

@@ -226,6 +226,19 @@ def test_tile_fits_the_register_file():
             assert rows % tile.rows == 0 and cols % tile.cols == 0
 
 
+def test_avx512_tiles_channels_16_lanes_do_not_divide_in_whole_ymm():
+    """88 and 104 channels (PP-OCR) became 44- and 52-wide tiles of xmm on AVX-512; whole ymm run them 2.5x
+    faster. Where 16 lanes divide, zmm stay; AVX2 and NEON tiles do not change."""
+    zmm = CPUFacts.of(AVX512)
+    for channels in (88, 104, 200, 72):
+        tile = choose_tile(96, channels, 16, zmm)
+        assert vector_width(tile.cols, 16) == 8 and channels % tile.cols == 0, (channels, tile)
+    assert vector_width(choose_tile(96, 192, 16, zmm).cols, 16) == 16
+    assert choose_tile(96, 200, 16, zmm, shared_input=True).cols == 40  # five ymm, as on AVX2
+    assert choose_tile(96, 88, 8, CPUFacts.of(AVX2)).cols == 8
+    assert choose_tile(96, 88, 4, CPUFacts.of(RPI4)).cols == 8  # two q registers
+
+
 def test_report_lists_naive_functions():
     report = ScheduleReport({"a": "reduction-tile", "b": NAIVE, "c": "elementwise", "d": NAIVE})
     assert report.naive() == ["b", "d"]
