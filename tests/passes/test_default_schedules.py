@@ -110,18 +110,22 @@ def _scheduled_blocks(mod, target=X86) -> dict[str, set[str]]:
 
 
 @pytest.mark.parametrize(
-    "shape, out_c, k, groups, copied",
+    "shape, out_c, k, stride, groups, copied",
     [
-        ((1, 32, 18, 18), 32, 3, 32, False),  # depthwise: reads through the bounds check
-        ((1, 3, 33, 33), 24, 3, 1, False),  # 3 input channels: the padded copy would be scalar code
-        ((1, 16, 20, 20), 32, 3, 1, True),  # 16 channels summed per input value: the copy pays
+        ((1, 32, 18, 18), 32, 3, 1, 32, False),  # depthwise: reads through the bounds check
+        ((1, 3, 48, 192), 8, 3, 2, 1, False),  # PP-OCR's first conv: 18 multiply-adds per input value
+        ((1, 3, 128, 128), 24, 5, 2, 1, True),  # BlazeFace's: 150 per input value, the copy pays
+        ((1, 16, 20, 20), 32, 3, 1, 1, True),  # 16 channels summed per input value: the copy pays
     ],
 )
-def test_padding_is_a_copy_only_where_it_pays(shape, out_c, k, groups, copied):
+def test_padding_is_a_copy_only_where_it_pays(shape, out_c, k, stride, groups, copied):
     w = RNG.standard_normal((out_c, shape[1] // groups, k, k)).astype("float32")
-    mod = _module(shape, lambda v: relax.op.nn.conv2d(v, _const(w), padding=1, groups=groups))
+    mod = _module(shape, lambda v: relax.op.nn.conv2d(v, _const(w), strides=stride, padding=1, groups=groups))
     (blocks,) = [names for name, names in _scheduled_blocks(mod).items() if "conv2d" in name]
     assert any(name.startswith("pad_temp") for name in blocks) == copied, blocks
+    x = RNG.standard_normal(shape).astype("float32")
+    actual, _ = _run(mod, x)
+    np.testing.assert_allclose(actual, np_conv2d(x, w, stride, 1, groups), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("out_c, padded", [(42, True), (28, True), (32, False), (6, False)])
