@@ -150,6 +150,60 @@ def _pick(extent: int, candidates) -> int:
     return 1
 
 
+_COMPARISONS = (tirx.LT, tirx.LE, tirx.GT, tirx.GE)
+MIN_PARTITIONED_LANES = 4  # a padding edge that splits vectors finer than this keeps TVM's scalar code
+
+
+def _padding_edges(sch: s_tir.Schedule, block) -> set[int]:
+    """The constants the block's ``if_then_else`` conditions compare its innermost iteration variable with: the
+    edges of a zero padding inlined into it (a residual's channels padded from 28 to 32: ``c < 28``)."""
+    body = sch.get(block)
+    var = body.iter_vars[-1].var if body.iter_vars else None
+    edges: set[int] = set()
+
+    def visit(node, in_condition: bool) -> None:
+        if isinstance(node, _COMPARISONS) and in_condition:
+            for side, other in ((node.a, node.b), (node.b, node.a)):
+                if isinstance(other, tirx.IntImm) and side.same_as(var):
+                    edges.add(int(other.value))
+        if isinstance(node, ir.Call) and getattr(node.op, "name", "") == "prim.if_then_else":
+            visit(node.args[0], True)
+            for arg in node.args[1:]:
+                visit(arg, in_condition)
+            return
+        for field in ("a", "b", "value", "condition", "true_value", "false_value"):
+            child = getattr(node, field, None)
+            if isinstance(child, ir.Expr):
+                visit(child, in_condition)
+        for field in ("args", "indices"):
+            for child in getattr(node, field, None) or ():
+                if isinstance(child, ir.Expr):
+                    visit(child, in_condition)
+
+    if var is not None and isinstance(body.body, tirx.BufferStore):
+        visit(body.body.value, False)
+    return edges
+
+
+def _vectorize_across_edges(sch: s_tir.Schedule, loop, lanes: int, edges: set[int]) -> tuple[object, int] | None:
+    """Vectorise ``loop`` (the innermost axis) in vectors that no padding edge cuts, the edges left to TVM's loop
+    partitioning; None when that would take vectors narrower than ``MIN_PARTITIONED_LANES``.
+
+    A condition that differs between a vector's lanes makes TVM's ``VectorizeLoop`` scalarise the whole loop
+    (BlazeFace's max-pool + channel pad + residual add: 38 us for 32768 elements, two threads). With vectors
+    that each fall on one side of every edge, and the loop over vectors marked ``pragma_loop_partition_hint``,
+    ``LoopPartition`` splits that loop at the edges and each part keeps a constant condition.
+    """
+    extent = _extent(sch, loop) or 0
+    width = int(np.gcd.reduce([lanes, extent, *edges]))
+    if width < MIN_PARTITIONED_LANES or width & (width - 1):
+        return None
+    outer, vec = sch.split(loop, [None, width])
+    sch.annotate(outer, "pragma_loop_partition_hint", 1)
+    sch.vectorize(vec)
+    return outer, width
+
+
 def schedule_elementwise(sch: s_tir.Schedule, block, facts: CPUFacts, dtype: str) -> None:
     """Parallel outer loops, vectorised innermost axis when it divides into whole vectors."""
     loops = sch.get_loops(block)
@@ -160,7 +214,11 @@ def schedule_elementwise(sch: s_tir.Schedule, block, facts: CPUFacts, dtype: str
     if inner > lanes and inner % lanes:
         lanes = vector_width(inner, lanes)  # 200 int8 channels: 8-byte vectors rather than scalar code
     vectorized = True
-    if inner > lanes > 1 and inner % lanes == 0:
+    edges = {edge for edge in _padding_edges(sch, block) if 0 < edge < inner}
+    partitioned = _vectorize_across_edges(sch, loops[-1], lanes, edges) if edges and inner > 1 else None
+    if partitioned is not None:
+        loops = [*loops[:-1], partitioned[0]]
+    elif inner > lanes > 1 and inner % lanes == 0:
         outer, vec = sch.split(loops[-1], [None, lanes])
         loops = [*loops[:-1], outer]
         sch.vectorize(vec)
@@ -451,7 +509,10 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
     if epi_loops and (_extent(sch, epi_loops[-1]) or 0) == tile_cols:
         inner = epi_loops[-1]
         epilogue_width = vector_width(tile_cols, facts.lanes(_dtype_of(sch, epilogue)))
-        if epilogue_width > 1:
+        edges = {edge for edge in _padding_edges(sch, epilogue) if edge > 0}  # a residual's padded channels
+        if edges and _vectorize_across_edges(sch, inner, epilogue_width, edges) is not None:
+            pass
+        elif epilogue_width > 1:
             if epilogue_width < tile_cols:
                 _, inner = sch.split(inner, [None, epilogue_width])
             sch.vectorize(inner)
