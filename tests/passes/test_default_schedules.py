@@ -442,3 +442,24 @@ def test_channel_padding_in_an_elementwise_kernel_stays_vector(target):
         built["main"](tvm.runtime.tensor(p), tvm.runtime.tensor(y), out)
         expected = np.maximum(np.pad(p, ((0, 0), (0, 0), (0, 0), (0, 4))) + y, 0)
         np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6)
+
+
+def test_residuals_with_padded_channels_match_numpy():
+    """BlazeFace's residuals: a max-pool padded from 28 to 32 channels and added to a conv's 32, after a conv
+    computing 28 channels on weights padded to 32 and cropped. A pad computed in the pool's tile loop (tried:
+    ``reverse_compute_at`` accepts it) covers only the pool's 28 channels and leaves the padded ones unwritten."""
+    w28 = RNG.standard_normal((28, 28, 1, 1)).astype("float32")
+    w32 = RNG.standard_normal((32, 28, 1, 1)).astype("float32")
+    x = RNG.standard_normal((1, 28, 16, 16)).astype("float32")
+
+    def build(v):
+        pooled = relax.op.nn.max_pool2d(v, pool_size=2, strides=2)
+        padded = relax.op.nn.pad(pooled, [0, 0, 0, 4, 0, 0, 0, 0])
+        branch = relax.op.nn.conv2d(relax.op.nn.relu(relax.op.nn.conv2d(v, _const(w28))), _const(w32), strides=2)
+        return relax.op.nn.relu(relax.op.add(branch, padded))
+
+    actual, _ = _run(_module(x.shape, build), x)
+    pooled = x.reshape(1, 28, 8, 2, 8, 2).max(axis=(3, 5))
+    branch = np_conv2d(np.maximum(np_conv2d(x, w28, 1, 0), 0), w32, 2, 0)
+    expected = np.maximum(branch + np.pad(pooled, ((0, 0), (0, 4), (0, 0), (0, 0))), 0)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
