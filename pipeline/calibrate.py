@@ -180,7 +180,13 @@ def collect(imported: ImportedModel, data: CalibrationData, progress: Progress |
         result = vm["main"](*args)
         exposed = [result[i] for i in range(len(result) - len(keys), len(result))]
         for key, tensor in zip(keys, exposed, strict=True):
-            stats[key].update(tensor.numpy())
+            values = tensor.numpy()
+            if not np.isfinite(values).all():  # finite inputs whose activations overflow float32
+                raise InputError(
+                    f"{data.kind} {data.path}: sample {count}: the float model's activations reach NaN or Inf at "
+                    f"layer {key}; calibrate on inputs in the range the model is used with"
+                )
+            stats[key].update(values)
         count += 1
     return CalibrationStats(stats, count)
 
