@@ -141,7 +141,9 @@ def _measure_on_board(
     python = ensure_baseline_runtime(conn, target.arch, check_board(facts, target, board.name), progress)
     if progress:
         progress(f"starting the baseline worker on {board.name}")
-    env = _emulated_cpu(board, target)
+    from edgetvm.deploy.emulated_board import board_cpu_env
+
+    env = board_cpu_env(board, target)
     with (
         BoardBaselineWorker(conn, python, env) as worker,
         BoardSession(conn, threads=threads, progress=progress, env=env) as session,
@@ -154,15 +156,6 @@ def _measure_on_board(
             variants, inputs, built.output_names, options.timing(), progress, reference=built.reference
         )
     return rows, {**_board_facts(conn, board, facts, hello, threads), **({"qemu_cpu": env["QEMU_CPU"]} if env else {})}
-
-
-def _emulated_cpu(board: BoardConfig, target) -> dict[str, str]:
-    """``QEMU_CPU`` for the emulated board: the bench's processes run as the target's CPU (see qemu_cpu_env)."""
-    if not board.emulated:
-        return {}
-    from edgetvm.deploy.emulated_board import qemu_cpu_env
-
-    return qemu_cpu_env(target)
 
 
 def _worker_variants(

@@ -377,6 +377,13 @@ def qemu_cpu_env(target) -> dict[str, str]:
     return {"QEMU_CPU": cpu} if cpu and cpu.startswith(("cortex-", "neoverse-")) else {}
 
 
+def board_cpu_env(board, target) -> dict[str, str]:
+    """The environment of the programs edgetvm starts on ``board`` (a ``BoardConfig``) for ``target``: on the
+    emulated board ``qemu_cpu_env`` (they run as the target's CPU, and an instruction the real board lacks stops
+    them as it would there), on a real board nothing."""
+    return qemu_cpu_env(target) if board.emulated else {}
+
+
 def emulated_cpuinfo(cores: int) -> str:
     """The board's /proc/cpuinfo: ``cores`` Cortex-A72 entries and a model line that says it is emulated."""
     entries = "\n".join(PI4_CPUINFO_ENTRY.format(index=index) for index in range(cores))

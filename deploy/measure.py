@@ -92,7 +92,10 @@ class DeployReport:
             f"mean {lat['mean']:.2f} ± {lat['std']:.2f} (n={lat['n']}, {threads} threads)",
         ]
         if self.board["emulated"]:
-            lines.append(f"note: {EMULATED_NOTE}")
+            note = EMULATED_NOTE
+            if self.board.get("qemu_cpu"):  # the programs ran as the target's CPU
+                note = note.replace("on the host)", f"on the host, as a {self.board['qemu_cpu']})")
+            lines.append(f"note: {note}")
         for out in (self.accuracy or {}).get("outputs", []):
             top1 = "n/a" if out["top1_agreement"] is None else f"{out['top1_agreement']:.1%}"
             lines.append(
@@ -164,9 +167,12 @@ def deploy_package(package: Package, options: DeployOptions, progress: Progress 
     else:
         board = resolve_board(package, options, progress)
         threads = options.threads or target.threads
+        from edgetvm.deploy.emulated_board import board_cpu_env
+
+        env = board_cpu_env(board, target)
         with SSHConnection(board, trust_new_host=options.trust_new_host) as conn:
             facts = ensure_runtime(conn, target, progress)
-            with BoardSession(conn, threads=threads, progress=progress) as session:
+            with BoardSession(conn, threads=threads, progress=progress, env=env) as session:
                 outputs, samples = _run_remote(
                     session.remote, board.name, session.server.alive, package, inputs, options.repeat, progress
                 )
@@ -177,6 +183,7 @@ def deploy_package(package: Package, options: DeployOptions, progress: Progress 
             "threads": threads,
             **facts.to_json(),
             **({"note": EMULATED_NOTE} if board.emulated else {}),
+            **({"qemu_cpu": env["QEMU_CPU"]} if env else {}),
         }
     accuracy = _accuracy(package, options.reference, inputs, outputs)
     return DeployReport(

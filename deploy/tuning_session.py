@@ -131,7 +131,9 @@ def board_measurer(
     board = _board_for(target, options, progress)
     with SSHConnection(board, trust_new_host=options.trust_new_host) as conn:
         ensure_runtime(conn, target, progress)
-        server = RPCServer(conn, threads=target.threads)
+        from edgetvm.deploy.emulated_board import board_cpu_env
+
+        server = RPCServer(conn, threads=target.threads, env=board_cpu_env(board, target))
         try:
             local_port = conn.forward(server.start(progress))
             # RPCConfig wants tracker fields; the forward's address stands there, and _connect_forwarded uses it.

@@ -30,6 +30,7 @@ def test_blazeface_on_the_board_matches_the_host_reference(emulated_board, artif
     assert board["emulated"] is True and "not hardware timings" in board["note"]
     assert board["machine"] == "aarch64" and "bookworm" in board["os"] and board["cpu_count"] >= 1
     assert board["threads"] == 4 and "aarch64" in board["uname"]
+    assert board["qemu_cpu"] == "cortex-a72"  # the program ran as the rpi4's CPU, not qemu's "max"
     assert report["target"] == "rpi4"
     assert report["artifact"]["sha256"] == Package.load(artifact).library_sha256
     latency = report["latency_ms"]
