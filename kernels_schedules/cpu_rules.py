@@ -155,10 +155,12 @@ MIN_PARTITIONED_LANES = 4  # a padding edge that splits vectors finer than this 
 
 
 def _padding_edges(sch: s_tir.Schedule, block) -> set[int]:
-    """The constants the block's ``if_then_else`` conditions compare its innermost iteration variable with: the
-    edges of a zero padding inlined into it (a residual's channels padded from 28 to 32: ``c < 28``)."""
+    """The constants inside its range that the block's ``if_then_else`` conditions compare its innermost iteration
+    variable with: the edges of a zero padding inlined into it (a residual's channels padded from 28 to 32:
+    ``c < 28``)."""
     body = sch.get(block)
     var = body.iter_vars[-1].var if body.iter_vars else None
+    extent = body.iter_vars[-1].dom.extent if body.iter_vars else None
     edges: set[int] = set()
 
     def visit(node, in_condition: bool) -> None:
@@ -182,18 +184,22 @@ def _padding_edges(sch: s_tir.Schedule, block) -> set[int]:
 
     if var is not None and isinstance(body.body, tirx.BufferStore):
         visit(body.body.value, False)
-    return edges
+    inside = int(extent) if isinstance(extent, tirx.IntImm) else 0
+    return {edge for edge in edges if 0 < edge < inside}
 
 
-def _vectorize_across_edges(sch: s_tir.Schedule, loop, lanes: int, edges: set[int]) -> tuple[object, int] | None:
+def _vectorize_across_edges(sch: s_tir.Schedule, loop, lanes: int, edges: set[int]) -> object | None:
     """Vectorise ``loop`` (the innermost axis) in vectors that no padding edge cuts, the edges left to TVM's loop
-    partitioning; None when that would take vectors narrower than ``MIN_PARTITIONED_LANES``.
+    partitioning, and return the loop over the vectors; None when there is no edge, or when the vectors would be
+    narrower than ``MIN_PARTITIONED_LANES``.
 
     A condition that differs between a vector's lanes makes TVM's ``VectorizeLoop`` scalarise the whole loop
     (BlazeFace's max-pool + channel pad + residual add: 38 us for 32768 elements, two threads). With vectors
     that each fall on one side of every edge, and the loop over vectors marked ``pragma_loop_partition_hint``,
     ``LoopPartition`` splits that loop at the edges and each part keeps a constant condition.
     """
+    if not edges:
+        return None
     extent = _extent(sch, loop) or 0
     width = int(np.gcd.reduce([lanes, extent, *edges]))
     if width < MIN_PARTITIONED_LANES or width & (width - 1):
@@ -201,7 +207,7 @@ def _vectorize_across_edges(sch: s_tir.Schedule, loop, lanes: int, edges: set[in
     outer, vec = sch.split(loop, [None, width])
     sch.annotate(outer, "pragma_loop_partition_hint", 1)
     sch.vectorize(vec)
-    return outer, width
+    return outer
 
 
 def schedule_elementwise(sch: s_tir.Schedule, block, facts: CPUFacts, dtype: str) -> None:
@@ -214,10 +220,9 @@ def schedule_elementwise(sch: s_tir.Schedule, block, facts: CPUFacts, dtype: str
     if inner > lanes and inner % lanes:
         lanes = vector_width(inner, lanes)  # 200 int8 channels: 8-byte vectors rather than scalar code
     vectorized = True
-    edges = {edge for edge in _padding_edges(sch, block) if 0 < edge < inner}
-    partitioned = _vectorize_across_edges(sch, loops[-1], lanes, edges) if edges and inner > 1 else None
+    partitioned = _vectorize_across_edges(sch, loops[-1], lanes, _padding_edges(sch, block))
     if partitioned is not None:
-        loops = [*loops[:-1], partitioned[0]]
+        loops = [*loops[:-1], partitioned]
     elif inner > lanes > 1 and inner % lanes == 0:
         outer, vec = sch.split(loops[-1], [None, lanes])
         loops = [*loops[:-1], outer]
@@ -509,10 +514,8 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
     if epi_loops and (_extent(sch, epi_loops[-1]) or 0) == tile_cols:
         inner = epi_loops[-1]
         epilogue_width = vector_width(tile_cols, facts.lanes(_dtype_of(sch, epilogue)))
-        edges = {edge for edge in _padding_edges(sch, epilogue) if edge > 0}  # a residual's padded channels
-        if edges and _vectorize_across_edges(sch, inner, epilogue_width, edges) is not None:
-            pass
-        elif epilogue_width > 1:
+        partitioned = _vectorize_across_edges(sch, inner, epilogue_width, _padding_edges(sch, epilogue))
+        if partitioned is None and epilogue_width > 1:  # else vectorised around a residual's padded channels
             if epilogue_width < tile_cols:
                 _, inner = sch.split(inner, [None, epilogue_width])
             sch.vectorize(inner)
