@@ -25,6 +25,7 @@ from edgetvm.deploy.baseline_runtime import ensure_baseline_runtime
 from edgetvm.deploy.baseline_session import BoardBaselineWorker, WorkerRequestError
 from edgetvm.deploy.boards import BoardConfig
 from edgetvm.deploy.bootstrap import BoardFacts, check_board, ensure_runtime
+from edgetvm.deploy.emulated_board import board_cpu_env
 from edgetvm.deploy.measure import EMULATED_NOTE, board_for_target
 from edgetvm.deploy.rpc_session import BoardSession
 from edgetvm.deploy.ssh import SSHConnection, quote
@@ -141,8 +142,6 @@ def _measure_on_board(
     python = ensure_baseline_runtime(conn, target.arch, check_board(facts, target, board.name), progress)
     if progress:
         progress(f"starting the baseline worker on {board.name}")
-    from edgetvm.deploy.emulated_board import board_cpu_env
-
     env = board_cpu_env(board, target)
     with (
         BoardBaselineWorker(conn, python, env) as worker,

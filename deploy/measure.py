@@ -13,6 +13,7 @@ import numpy as np
 
 from edgetvm.deploy.boards import BoardConfig, boards_file, load_boards, select_board
 from edgetvm.deploy.bootstrap import ensure_runtime
+from edgetvm.deploy.emulated_board import EmulatedBoard, board_cpu_env
 from edgetvm.deploy.rpc_session import BoardSession, TrackerSession
 from edgetvm.deploy.ssh import SSHConnection
 from edgetvm.errors import BoardError, InputError, last_line
@@ -25,7 +26,8 @@ from edgetvm.targets import TargetPreset, resolve_target
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-EMULATED_NOTE = "emulated board (qemu-user on the host): timings are not hardware timings"
+_EMULATED_NOTE = "emulated board (qemu-user on the host{cpu}): timings are not hardware timings"
+EMULATED_NOTE = _EMULATED_NOTE.format(cpu="")
 
 
 @dataclass
@@ -92,10 +94,8 @@ class DeployReport:
             f"mean {lat['mean']:.2f} ± {lat['std']:.2f} (n={lat['n']}, {threads} threads)",
         ]
         if self.board["emulated"]:
-            note = EMULATED_NOTE
-            if self.board.get("qemu_cpu"):  # the programs ran as the target's CPU
-                note = note.replace("on the host)", f"on the host, as a {self.board['qemu_cpu']})")
-            lines.append(f"note: {note}")
+            cpu = self.board.get("qemu_cpu")  # the programs ran as the target's CPU
+            lines.append(f"note: {_EMULATED_NOTE.format(cpu=f', as a {cpu}' if cpu else '')}")
         for out in (self.accuracy or {}).get("outputs", []):
             top1 = "n/a" if out["top1_agreement"] is None else f"{out['top1_agreement']:.1%}"
             lines.append(
@@ -140,8 +140,6 @@ def board_for_target(
             f"{what} {target.name} ({target.arch}); no board for it is configured in "
             f"{boards_file(boards_file_option)} and the emulated board runs aarch64 (rpi4, rpi5) only"
         )
-    from edgetvm.deploy.emulated_board import EmulatedBoard
-
     return EmulatedBoard().up(progress).board_config(target.name)
 
 
@@ -167,8 +165,6 @@ def deploy_package(package: Package, options: DeployOptions, progress: Progress 
     else:
         board = resolve_board(package, options, progress)
         threads = options.threads or target.threads
-        from edgetvm.deploy.emulated_board import board_cpu_env
-
         env = board_cpu_env(board, target)
         with SSHConnection(board, trust_new_host=options.trust_new_host) as conn:
             facts = ensure_runtime(conn, target, progress)
