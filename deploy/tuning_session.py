@@ -15,13 +15,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from edgetvm.deploy.boards import BoardConfig, boards_file, load_boards, select_board
 from edgetvm.deploy.bootstrap import ensure_runtime
+from edgetvm.deploy.emulated_board import board_cpu_env
+from edgetvm.deploy.measure import board_for_target
 from edgetvm.deploy.rpc_session import RPCServer
 from edgetvm.deploy.ssh import SSHConnection
 from edgetvm.errors import BoardError, InputError, last_line
 from edgetvm.pipeline.tune import Measurer, local_builder
-from edgetvm.targets import TargetPreset, resolve_target
+from edgetvm.targets import TargetPreset
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +69,6 @@ def _remove_upload(session, remote_path: str | None) -> None:
         session.remove(remote_path)
 
 
-def _board_for(target: TargetPreset, options: BoardTuningOptions, progress: Progress | None) -> BoardConfig:
-    boards = load_boards(boards_file(options.boards_file), must_exist=bool(options.boards_file))
-    board = select_board(options.board, target.name, boards)
-    if board is not None:
-        if resolve_target(board.target).arch != target.arch:
-            raise InputError(f"board {board.name!r} is a {board.target}, not a {target.arch} board for {target.name}")
-        return board
-    if target.arch != "aarch64" or not target.emulated_board:
-        raise InputError(
-            f"no board for {target.name} is configured in {boards_file(options.boards_file)} and the emulated "
-            "board runs aarch64 (rpi4, rpi5) only"
-        )
-    from edgetvm.deploy.emulated_board import EmulatedBoard
-
-    return EmulatedBoard().up(progress).board_config(target.name)
-
-
 def tracker_boards(host: str, port: int, key: str) -> int:
     """How many boards (free or busy) are registered with the tracker under ``key``; at least one.
 
@@ -128,11 +112,9 @@ def board_measurer(
         runner = ms.runner.RPCRunner(config, _evaluator(), f_cleanup=_remove_upload, max_workers=boards)
         yield Measurer(local_builder(target, workers), runner, workers=workers)
         return
-    board = _board_for(target, options, progress)
+    board = board_for_target(target, options.board, options.boards_file, "tuning for", progress)
     with SSHConnection(board, trust_new_host=options.trust_new_host) as conn:
         ensure_runtime(conn, target, progress)
-        from edgetvm.deploy.emulated_board import board_cpu_env
-
         server = RPCServer(conn, threads=target.threads, env=board_cpu_env(board, target))
         try:
             local_port = conn.forward(server.start(progress))
