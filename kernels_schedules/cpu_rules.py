@@ -554,9 +554,10 @@ def _padding_inlines_well(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> bool:
     whose inner loops cannot take a bounds check (3x3 int8: 0.33 -> 13.7 ms), always do.
 
     Since copies run in parallel, a few-channel conv whose every input value feeds ``COPY_MIN_REUSE`` or more
-    multiply-adds reads a copy too: BlazeFace's first conv (5x5 stride 2, 3 -> 24 channels, 143 per input value)
-    took 170-190 us through the bounds check and 140 us from the copy on two threads, while PP-OCR's (3x3
-    stride 2, 3 -> 8, 18 per value) took 8 us through the check and 32 us with the copy.
+    multiply-adds reads a copy too: with BlazeFace's first conv (5x5 stride 2, 3 -> 24 channels, 143 per input
+    value) reading one, its float build went from 0.532 to 0.516 ms on two threads (interleaved runs; the conv
+    timed alone moved by 1.5x between runs), while PP-OCR's (3x3 stride 2, 3 -> 8, 18 per value) took 8 us
+    through the check and 32 us with the copy.
     """
     if _kernel_of(sch, anchor) == PAIR_KERNEL or is_dot_form(sch, anchor):
         return False
