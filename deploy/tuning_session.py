@@ -110,7 +110,8 @@ def board_measurer(
         boards = tracker_boards(host, int(port), options.rpc_key)
         config = ms.runner.RPCConfig(host, int(port), options.rpc_key, session_timeout_sec=SESSION_TIMEOUT_S)
         runner = ms.runner.RPCRunner(config, _evaluator(), f_cleanup=_remove_upload, max_workers=boards)
-        yield Measurer(local_builder(target, workers), runner, workers=workers)
+        builder, scratch = local_builder(target, workers)
+        yield Measurer(builder, runner, workers=workers, scratch=scratch)
         return
     board = board_for_target(target, options.board, options.boards_file, "tuning for", progress)
     with SSHConnection(board, trust_new_host=options.trust_new_host) as conn:
@@ -127,6 +128,7 @@ def board_measurer(
                 f_cleanup=_remove_upload,
                 max_workers=1,  # TVM's RPC server serves one session at a time
             )
-            yield Measurer(local_builder(target, workers), runner, workers=workers)
+            builder, scratch = local_builder(target, workers)
+            yield Measurer(builder, runner, workers=workers, scratch=scratch)
         finally:
             server.stop()

@@ -21,6 +21,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -74,12 +75,17 @@ class TuneOptions:
 
 @dataclass
 class Measurer:
-    """Where candidates are compiled and timed: a MetaSchedule builder and runner, and how many run at once."""
+    """Where candidates are compiled and timed: a MetaSchedule builder and runner, and how many run at once.
+
+    ``scratch`` is the directory the builder exports candidates into (a ``tempfile.TemporaryDirectory``, see
+    :func:`local_builder`): it goes with the measurer, when it is collected or the process ends.
+    """
 
     builder: Any
     runner: Any
     device: str = "cpu"
     workers: int = 1
+    scratch: Any = None
 
 
 @dataclass
@@ -536,17 +542,23 @@ def search_strategy(options: TuneOptions):
     )
 
 
-def local_builder(target: TargetPreset, workers: int):
-    """A MetaSchedule builder that compiles candidates here (cross-compiled for a board target)."""
+def local_builder(target: TargetPreset, workers: int) -> tuple[Any, tempfile.TemporaryDirectory]:
+    """A MetaSchedule builder that compiles candidates here (cross-compiled for a board target), and the
+    directory it exports them into.
+
+    MetaSchedule's own export puts each candidate in a fresh ``tempfile.mkdtemp()`` that nothing removes: a
+    128-trial tune left hundreds of directories in /tmp. Ours go under one directory per builder, removed with
+    it.
+    """
+    import functools
+
     from tvm.s_tir import meta_schedule as ms
 
     target.check_toolchain()
-    export = _export_cross if target.cross_compiler else None
-    if export is not None:
-        import functools
-
-        export = functools.partial(_export_cross, target.cross_compiler)
-    return ms.builder.LocalBuilder(max_workers=workers, timeout_sec=BUILD_TIMEOUT_S, f_build=_build, f_export=export)
+    scratch = tempfile.TemporaryDirectory(prefix="edgetvm-candidates-")
+    export = functools.partial(_export_candidate, target.cross_compiler, scratch.name)
+    builder = ms.builder.LocalBuilder(max_workers=workers, timeout_sec=BUILD_TIMEOUT_S, f_build=_build, f_export=export)
+    return builder, scratch
 
 
 def _build(mod, target, _params):
@@ -566,15 +578,20 @@ def _build(mod, target, _params):
     return tvm_build(mod, target=target)
 
 
-def _export_cross(cross_compiler: str, rt_mod) -> str:
-    """Link a candidate into a shared library for the board with its cross compiler."""
+def _export_candidate(cross_compiler: str | None, scratch: str, rt_mod) -> str:
+    """Write a built candidate under ``scratch``: a tar of objects for this machine (as MetaSchedule's own
+    export), a shared library linked by the cross compiler for a board."""
     import os
-    import tempfile
 
-    from tvm.support import cc
+    from tvm.support import cc, tar
 
-    path = os.path.join(tempfile.mkdtemp(prefix="edgetvm-tune-"), "candidate.so")
-    rt_mod.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
+    directory = tempfile.mkdtemp(dir=scratch)
+    if cross_compiler is None:
+        path = os.path.join(directory, "candidate." + tar.tar.output_format)
+        rt_mod.export_library(path, fcompile=tar.tar)
+    else:
+        path = os.path.join(directory, "candidate.so")
+        rt_mod.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
     return path
 
 
@@ -600,7 +617,8 @@ def local_measurer(target: TargetPreset) -> Measurer:
         # 16 against 18 us) and ran 2.3x slower than it in the model (14 against 6 us).
         initializer=functools.partial(set_process_threads, target.threads),
     )
-    return Measurer(local_builder(target, workers), runner, workers=workers)
+    builder, scratch = local_builder(target, workers)
+    return Measurer(builder, runner, workers=workers, scratch=scratch)
 
 
 def tune_model(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,10 +29,23 @@ def _run_secs(record: list) -> list[float]:
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory, one_conv_path):
-    """One tuning run of TRIALS trials into a fresh database."""
+    """One tuning run of TRIALS trials into a fresh database, with its own temporary directory (``db``'s sibling
+    ``tmp``: the builder's worker processes inherit ``TMPDIR``)."""
     model, db = one_conv_path, tmp_path_factory.mktemp("tune") / "db"
-    assert main(["-q", "tune", str(model), "--target", "x86", "--trials", str(TRIALS), "--db", str(db)]) == 0
+    scratch = db.parent / "tmp"
+    scratch.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(scratch))
+        patch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+        assert main(["-q", "tune", str(model), "--target", "x86", "--trials", str(TRIALS), "--db", str(db)]) == 0
+        gc.collect()
     return model, db
+
+
+def test_tune_leaves_no_candidates_in_the_temporary_directory(tuned):
+    """MetaSchedule's own export leaves every candidate in a directory of its own in /tmp, for good."""
+    _, db = tuned
+    assert not list((db.parent / "tmp").iterdir())
 
 
 def test_tune_records_defaults_and_candidates(tuned):
