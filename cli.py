@@ -461,9 +461,8 @@ def _add_tune_command(sub) -> None:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
-    from edgetvm.pipeline.calibrate import prepare_calibration
     from edgetvm.pipeline.ingest import load_model
-    from edgetvm.pipeline.quantize import quantize
+    from edgetvm.pipeline.quantize import prepare_for_target
     from edgetvm.pipeline.schemes import get_scheme
     from edgetvm.pipeline.tensor_spec import parse_shape_option
     from edgetvm.pipeline.tune import TuneOptions, local_measurer, tune_model
@@ -475,11 +474,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     scheme = get_scheme(args.quantize)
     with _progress(args, f"importing {args.model}"):
         imported = load_model(args.model, parse_shape_option(args.input_shape))
-    with _progress(args, "calibrating") as progress:
-        scheme, ranges = prepare_calibration(imported, scheme, _calibration_options(args), progress.update)
-    if not scheme.is_float:  # the quantized model's int8 and packed kernels are the ones compile builds
-        with _progress(args, f"quantizing with {scheme.name}"):
-            imported = quantize(imported, scheme, calibration=ranges, int8_depthwise=target.int8_depthwise)
+    with _progress(args, "calibrating" if scheme.activation_mode == "static" else "quantizing") as progress:
+        # the quantized model's int8 and packed kernels are the functions compile builds
+        imported, scheme, _ = prepare_for_target(imported, scheme, target, _calibration_options(args), progress.update)
     with _progress(args, f"tuning for {target.name}") as progress:
         if target.is_host and not (args.board or args.rpc_tracker):
             session = nullcontext(local_measurer(target))

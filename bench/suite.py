@@ -98,9 +98,9 @@ def calibration(name: str, shapes, data, directory: Path):
 def tune(name: str, path: Path, shapes, scheme_name: str, calib, trials: int, db: Path):
     """``edgetvm tune [--quantize SCHEME]`` of the model on this host into ``db``: a quantized model's functions
     (its int8 kernels) are other tasks than the float model's, in the same database."""
-    from edgetvm.pipeline.calibrate import prepare_calibration
+    from edgetvm.pipeline.calibrate import CalibrationOptions
     from edgetvm.pipeline.ingest import load_model
-    from edgetvm.pipeline.quantize import quantize
+    from edgetvm.pipeline.quantize import prepare_for_target
     from edgetvm.pipeline.schemes import get_scheme
     from edgetvm.pipeline.tune import TuneOptions, local_measurer, tune_model
 
@@ -109,12 +109,9 @@ def tune(name: str, path: Path, shapes, scheme_name: str, calib, trials: int, db
     def progress(message: str) -> None:
         _say(f"{name}: {scheme_name}: {message}")
 
-    imported = load_model(path, shapes)
-    scheme, ranges = get_scheme(scheme_name), None
-    if scheme.activation_mode == "static":  # as edgetvm_packages builds it: the same ranges, the same functions
-        scheme, ranges = prepare_calibration(imported, scheme, calib, progress)
-    if not scheme.is_float:
-        imported = quantize(imported, scheme, calibration=ranges, int8_depthwise=target.int8_depthwise)
+    scheme = get_scheme(scheme_name)
+    calibration = calib if scheme.activation_mode == "static" else CalibrationOptions()
+    imported, _, _ = prepare_for_target(load_model(path, shapes), scheme, target, calibration, progress)
     return tune_model(imported, target, TuneOptions(trials, db), local_measurer(target), progress)
 
 

@@ -90,22 +90,16 @@ def edgetvm_packages(
     error text; bad input (calibration data included) still raises.
     """
     from edgetvm.pipeline.build import build_package
-    from edgetvm.pipeline.calibrate import CalibrationOptions, prepare_calibration, quantization_manifest, ranges_files
-    from edgetvm.pipeline.quantize import quantize
+    from edgetvm.pipeline.calibrate import CalibrationOptions, quantization_manifest, ranges_files
+    from edgetvm.pipeline.quantize import prepare_for_target
 
     built: list[tuple[str, Package | str]] = []
     for scheme in schemes:
-        ranges = None
-        if scheme.activation_mode == "static":
-            scheme, ranges = prepare_calibration(imported, scheme, calibration or CalibrationOptions(), progress)
         tuned = db is not None and (tuned_schemes is None or scheme.name in tuned_schemes)
         builds = [(scheme.name, None)] + ([(f"{scheme.name}+tuned", db)] if tuned else [])
+        options = (calibration or CalibrationOptions()) if scheme.activation_mode == "static" else CalibrationOptions()
         try:  # once per scheme: the +tuned build compiles the same quantized module
-            module = (
-                imported
-                if scheme.is_float
-                else quantize(imported, scheme, calibration=ranges, int8_depthwise=target.int8_depthwise)
-            )
+            module, scheme, ranges = prepare_for_target(imported, scheme, target, options, progress)
         except BuildError as err:
             log.warning("edgetvm %s: %s", scheme.name, err)
             built += [(name, str(err)) for name, _ in builds]

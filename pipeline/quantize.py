@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 
 from edgetvm.errors import BuildError, InputError, last_line
+from edgetvm.pipeline.calibrate import CalibrationOptions, prepare_calibration
 from edgetvm.pipeline.calibration_stats import CalibrationRanges
 from edgetvm.pipeline.ingest import ImportedModel
 from edgetvm.pipeline.schemes import QuantScheme
+from edgetvm.targets import TargetPreset
 
 log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,3 +143,30 @@ def quantize(
         raise BuildError(f"quantizing {imported.path} with {scheme.name} failed: {last_line(err)}") from err
     log.info("quantized %s with %s", imported.path, scheme.name)
     return dataclasses.replace(imported, mod=mod)
+
+
+def prepare_for_target(
+    imported: ImportedModel,
+    scheme: QuantScheme,
+    target: TargetPreset,
+    calibration: CalibrationOptions,
+    progress: Progress | None = None,
+) -> tuple[ImportedModel, QuantScheme, CalibrationRanges | None]:
+    """``imported`` as ``compile --quantize SCHEME`` builds it for ``target``: calibrated (static schemes, with
+    ``calibration``) and quantized, with the scheme as built (its calibration method the one used) and its ranges.
+
+    ``tune`` and ``bench`` start from it, so that they tune and time the functions ``compile`` builds: an int8
+    kernel tuned for a model quantized differently (another depthwise policy, other ranges) is another function.
+
+    Raises
+    ------
+    InputError
+        Bad calibration options or data (``prepare_calibration``), or a model that arrived quantized.
+    BuildError
+        When a pass fails on the module.
+    """
+    scheme, ranges = prepare_calibration(imported, scheme, calibration, progress)
+    if progress and not scheme.is_float:
+        progress(f"quantizing with {scheme.name}")
+    quantized = quantize(imported, scheme, calibration=ranges, int8_depthwise=target.int8_depthwise)
+    return quantized, scheme, ranges
