@@ -518,6 +518,7 @@ def design_space(target: TargetPreset):
     from edgetvm.kernels_schedules.cpu_rules import apply_default_schedule
     from edgetvm.pipeline.tile_climb import tile_neighbours
 
+    _register_topi_rule_fallbacks()
     tvm_target = target.tvm_target()
 
     def defaults(sch):
@@ -531,6 +532,25 @@ def design_space(target: TargetPreset):
         [ms.space_generator.PostOrderApply(), ms.space_generator.ScheduleFn(defaults)],
         mutator_probs={**ms.Mutator.create("llvm"), tile_neighbours(): 1.0},
     )
+
+
+# Rules TOPI's pooling names in its blocks' ``schedule_rule`` annotation. MetaSchedule has none of them for CPU
+# targets: it logged a warning of three lines for every pooling task, removed the annotation and went on with its
+# default rules. The fallbacks registered under those names do just that, without the warning.
+TOPI_CUSTOM_RULES = ("meta_schedule.pool_max", "meta_schedule.pool_avg")
+
+
+def _register_topi_rule_fallbacks() -> None:
+    import tvm
+
+    def fallback(sch, block):
+        sch.unannotate(block, "schedule_rule")
+        return [sch]
+
+    for rule in TOPI_CUSTOM_RULES:
+        name = f"s_tir.meta_schedule.cpu.{rule}"  # the name ApplyCustomRule looks up for the "cpu" target key
+        if tvm.get_global_func(name, allow_missing=True) is None:
+            tvm.register_global_func(name, fallback)
 
 
 def search_strategy(options: TuneOptions):

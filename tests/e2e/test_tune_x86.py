@@ -238,3 +238,36 @@ def test_bench_with_a_database_names_a_build_it_has_no_records_for_as_not_tuned(
     assert rows["none"]["error"] is None
     assert rows["none+tuned"]["error"].startswith("not tuned: ")
     assert f"edgetvm tune --db {other}" in rows["none+tuned"]["error"]
+
+
+def test_pooling_tasks_get_meta_schedule_default_rules_without_a_warning(capfd):
+    """TOPI's pooling blocks name a custom rule ("meta_schedule.pool_max") that MetaSchedule has no CPU version
+    of: it printed three lines of warning per pooling task on the console of every tune, then applied its
+    default rules, as edgetvm's fallback now does quietly."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgetvm.pipeline.tune import design_space
+    from edgetvm.targets import resolve_target
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 16, 16, 8], "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.max_pool2d(x, pool_size=[2, 2], strides=[2, 2], layout="NHWC"))
+        bb.emit_func_output(out)
+    legalized = relax.transform.LegalizeOps()(bb.get())
+    (pool,) = [f for f in legalized.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert '"schedule_rule": "meta_schedule.pool_max"' in pool.script()
+    target = resolve_target("x86")
+    context = ms.TuneContext(
+        mod=tvm.IRModule({"main": pool}),
+        target=target.tvm_target(),
+        space_generator=design_space(target),
+        search_strategy=ms.search_strategy.EvolutionarySearch(),
+        task_name="pool",
+    )
+    spaces = context.generate_design_space()
+    assert len(spaces) > 1  # MetaSchedule's own rules applied, beside edgetvm's default schedule
+    assert "Unknown schedule rule" not in capfd.readouterr().err
