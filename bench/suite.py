@@ -110,7 +110,7 @@ def tune(name: str, path: Path, shapes, scheme_name: str, calib, trials: int, db
         _say(f"{name}: {scheme_name}: {message}")
 
     scheme = get_scheme(scheme_name)
-    calibration = calib if scheme.activation_mode == "static" else CalibrationOptions()
+    calibration = (calib or CalibrationOptions()).for_scheme(scheme)
     imported, _, _ = prepare_for_target(load_model(path, shapes), scheme, target, calibration, progress)
     return tune_model(imported, target, TuneOptions(trials, db), local_measurer(target), progress)
 

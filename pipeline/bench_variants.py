@@ -97,7 +97,7 @@ def edgetvm_packages(
     for scheme in schemes:
         tuned = db is not None and (tuned_schemes is None or scheme.name in tuned_schemes)
         builds = [(scheme.name, None)] + ([(f"{scheme.name}+tuned", db)] if tuned else [])
-        options = (calibration or CalibrationOptions()) if scheme.activation_mode == "static" else CalibrationOptions()
+        options = (calibration or CalibrationOptions()).for_scheme(scheme)
         try:  # once per scheme: the +tuned build compiles the same quantized module
             module, scheme, ranges = prepare_for_target(imported, scheme, target, options, progress)
         except BuildError as err:

@@ -278,6 +278,11 @@ class CalibrationOptions:
         values = (self.data, self.method, self.percentile, self.ranges)
         return [flag for flag, value in zip(flags, values, strict=True) if value is not None]
 
+    def for_scheme(self, scheme: QuantScheme) -> CalibrationOptions:
+        """These options for a static scheme, none for another: what a run that builds several schemes with one
+        calibration (``bench``) gives each (``prepare_calibration`` refuses options for a non-static scheme)."""
+        return self if scheme.activation_mode == "static" else CalibrationOptions()
+
 
 def prepare_calibration(
     imported: ImportedModel, scheme: QuantScheme, options: CalibrationOptions, progress: Progress | None = None
