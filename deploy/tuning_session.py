@@ -21,7 +21,7 @@ from edgetvm.deploy.measure import board_for_target
 from edgetvm.deploy.rpc_session import RPCServer
 from edgetvm.deploy.ssh import SSHConnection
 from edgetvm.errors import BoardError, InputError, last_line
-from edgetvm.pipeline.tune import Measurer, local_builder
+from edgetvm.pipeline.tune import Measurer, measurer_here
 from edgetvm.targets import TargetPreset
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,7 @@ def board_measurer(
         boards = tracker_boards(host, int(port), options.rpc_key)
         config = ms.runner.RPCConfig(host, int(port), options.rpc_key, session_timeout_sec=SESSION_TIMEOUT_S)
         runner = ms.runner.RPCRunner(config, _evaluator(), f_cleanup=_remove_upload, max_workers=boards)
-        builder, scratch = local_builder(target, workers)
-        yield Measurer(builder, runner, workers=workers, scratch=scratch)
+        yield measurer_here(target, runner, workers)
         return
     board = board_for_target(target, options.board, options.boards_file, "tuning for", progress)
     with SSHConnection(board, trust_new_host=options.trust_new_host) as conn:
@@ -128,7 +127,6 @@ def board_measurer(
                 f_cleanup=_remove_upload,
                 max_workers=1,  # TVM's RPC server serves one session at a time
             )
-            builder, scratch = local_builder(target, workers)
-            yield Measurer(builder, runner, workers=workers, scratch=scratch)
+            yield measurer_here(target, runner, workers)
         finally:
             server.stop()

@@ -581,6 +581,12 @@ def local_builder(target: TargetPreset, workers: int) -> tuple[Any, tempfile.Tem
     return builder, scratch
 
 
+def measurer_here(target: TargetPreset, runner, workers: int) -> Measurer:
+    """A ``Measurer`` whose candidates ``local_builder`` compiles here, ``workers`` at once, and ``runner`` times."""
+    builder, scratch = local_builder(target, workers)
+    return Measurer(builder, runner, workers=workers, scratch=scratch)
+
+
 def _build(mod, target, _params):
     """MetaSchedule's default build without ``import tvm.s_tir.tensor_intrin``.
 
@@ -637,8 +643,7 @@ def local_measurer(target: TargetPreset) -> Measurer:
         # 16 against 18 us) and ran 2.3x slower than it in the model (14 against 6 us).
         initializer=functools.partial(set_process_threads, target.threads),
     )
-    builder, scratch = local_builder(target, workers)
-    return Measurer(builder, runner, workers=workers, scratch=scratch)
+    return measurer_here(target, runner, workers)
 
 
 def tune_model(
