@@ -397,6 +397,59 @@ def test_elementwise_kernels_run_in_parallel_from_16k_elements(shape, parallel):
     assert ("T.parallel(" in scheduled.mod.script()) == parallel
 
 
+def _second_core_starts_at(func, buffer: str) -> list[int]:
+    """The first element of ``buffer`` the second of two cores touches in a scheduled ``func``: the indices of its
+    first access under the parallel loop, with that loop at the start of its second half and every other at 0."""
+    from tvm import s_tir, tirx
+    from tvm.sym.analyzer import Analyzer
+
+    def accesses(stmt, loops):
+        if isinstance(stmt, tirx.For):
+            yield from accesses(stmt.body, [*loops, stmt])
+        elif isinstance(stmt, tirx.SeqStmt):
+            for inner in stmt.seq:
+                yield from accesses(inner, loops)
+        elif isinstance(stmt, s_tir.SBlockRealize):
+            for region in [*stmt.block.reads, *stmt.block.writes]:
+                if region.source.name == buffer and any(loop.kind == tirx.ForKind.PARALLEL for loop in loops):
+                    yield loops, stmt, region
+            yield from accesses(stmt.block.body, loops)
+        elif hasattr(stmt, "body"):
+            yield from accesses(stmt.body, loops)
+
+    loops, realize, region = next(accesses(func.body, []))
+    analyzer = Analyzer()
+    for loop in loops:
+        start = int(loop.extent) // 2 if loop.kind == tirx.ForKind.PARALLEL else 0
+        analyzer.bind(loop.loop_var, tirx.const(start, "int64"))
+    for iter_var, value in zip(realize.block.iter_vars, realize.iter_values, strict=True):
+        analyzer.bind(iter_var.var, analyzer.simplify(value))
+    return [int(analyzer.simplify(r.min)) for r in region.region]
+
+
+@pytest.mark.parametrize("shape, second", [((1, 2, 256, 200), [0, 0, 128, 0]), ((1, 64, 64, 24), [0, 32, 0, 0])])
+def test_cores_share_a_wide_map_by_columns_and_a_square_one_by_rows(shape, second):
+    """Every kernel of a map must cut it between the cores the same way, along its longer axis. The PP-OCR
+    classifier's 2-row maps were cut by rows: a 5x5 depthwise conv read both rows on each core, and the next
+    kernel wrote into storage the other core still held (its float build: 0.325 -> 0.289 ms by columns)."""
+    from tvm import te, topi
+
+    x = te.placeholder(shape, "float32", name="x")
+    w = te.placeholder((5, 5, shape[3], 1), "float32", name="w")
+    depthwise = topi.nn.depthwise_conv2d_nhwc(x, w, 1, 2, 1)
+    quantize = topi.cast(topi.round(topi.multiply(x, 12.5)), "int8")
+    axes = [te.reduce_axis((0, extent)) for extent in shape]
+    max_abs = te.compute((), lambda: te.max(te.abs(x[tuple(axes)]), axis=axes), name="r")
+    for outputs, rule, buffer in [
+        ([w, depthwise], "reduction-tile", "DepthwiseConv2d"),
+        ([quantize], "elementwise", "x"),
+        ([max_abs], "full-reduction", "x"),
+    ]:
+        scheduled, actual_rule = schedule_function(te.create_prim_func([x, *outputs]), AVX512)
+        assert actual_rule == rule
+        assert _second_core_starts_at(scheduled.mod["main"], buffer) == second, rule
+
+
 @T.prim_func(s_tir=True)
 def _pool_pad_add_relu(
     P: T.Buffer((1, 16, 16, 28), "float32"),
