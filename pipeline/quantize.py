@@ -92,7 +92,7 @@ def quantize(
 
     ``keep_float`` names layers (``quant_layers`` keys) left in float; ``calibration`` holds the activation ranges
     static schemes need (``pipeline.calibrate``). Besides those, the scheme's narrow convs (``min_input_channels``)
-    stay float, and so do depthwise convs without ``int8_depthwise`` (the target's ``TargetPreset.int8_depthwise``).
+    and small layers (``min_macs``) stay float, and so do depthwise convs without ``int8_depthwise`` (the target's ``TargetPreset.int8_depthwise``).
 
     Raises
     ------
@@ -115,7 +115,7 @@ def quantize(
         return imported
     import tvm
 
-    from edgetvm.pipeline.passes.quant_layers import depthwise_layers, narrow_layers, quant_layers
+    from edgetvm.pipeline.passes.quant_layers import depthwise_layers, narrow_layers, quant_layers, small_layers
 
     folded = tvm.relax.transform.FoldConstant()(imported.mod)
     narrow = narrow_layers(folded, scheme.min_input_channels)
@@ -126,12 +126,15 @@ def quantize(
             ", ".join(narrow),
             scheme.min_input_channels,
         )
+    small = small_layers(folded, scheme.min_macs)
+    if small:
+        log.info("%s: %d layer(s) stay float (fewer than %d multiply-adds)", scheme.name, len(small), scheme.min_macs)
     depthwise = [] if int8_depthwise else depthwise_layers(folded)
     if depthwise:
         log.info(
             "%s: %d depthwise conv(s) stay float (the target has no faster int8 depthwise)", scheme.name, len(depthwise)
         )
-    keep_float = frozenset(keep_float) | frozenset(narrow) | frozenset(depthwise)
+    keep_float = frozenset(keep_float) | frozenset(narrow) | frozenset(small) | frozenset(depthwise)
     passes = PIPELINES[scheme.name](PipelineOptions(scheme, keep_float, calibration))
     if calibration is not None:  # before the passes: TVM turns what a Python pass raises into a RuntimeError
         keys = [layer.key for layer in quant_layers(folded)]
