@@ -92,7 +92,9 @@ def quantize(
 
     ``keep_float`` names layers (``quant_layers`` keys) left in float; ``calibration`` holds the activation ranges
     static schemes need (``pipeline.calibrate``). Besides those, the scheme's narrow convs (``min_input_channels``)
-    and small layers (``min_macs``) stay float, and so do depthwise convs without ``int8_depthwise`` (the target's ``TargetPreset.int8_depthwise``).
+    and small layers (``min_macs``) stay float, and so do depthwise convs without ``int8_depthwise`` (the target's
+    ``TargetPreset.int8_depthwise``). A narrow conv whose kernel columns give it enough channels is unfolded into
+    one that has them first (``passes.unfold_narrow_conv``), and quantized.
 
     Raises
     ------
@@ -116,8 +118,11 @@ def quantize(
     import tvm
 
     from edgetvm.pipeline.passes.quant_layers import depthwise_layers, narrow_layers, quant_layers, small_layers
+    from edgetvm.pipeline.passes.unfold_narrow_conv import UnfoldNarrowConv
 
-    folded = tvm.relax.transform.FoldConstant()(imported.mod)
+    folded = tvm.relax.transform.FoldConstant()(imported.mod)  # weights reach conv2d / matmul as constants
+    if scheme.min_input_channels:
+        folded = UnfoldNarrowConv(scheme.min_input_channels, skip=frozenset(keep_float))(folded)
     narrow = narrow_layers(folded, scheme.min_input_channels)
     if narrow:
         log.info(
@@ -141,7 +146,7 @@ def quantize(
         calibration.check_covers([key for key in keys if key not in keep_float])
 
     try:
-        mod = tvm.transform.Sequential(passes, name=f"quantize-{scheme.name}")(imported.mod)
+        mod = tvm.transform.Sequential(passes, name=f"quantize-{scheme.name}")(folded)
     except Exception as err:  # TVM raises TVMError and friends from inside passes
         raise BuildError(f"quantizing {imported.path} with {scheme.name} failed: {last_line(err)}") from err
     log.info("quantized %s with %s", imported.path, scheme.name)
