@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from edgetvm import __version__
 from edgetvm.cache import write_atomic, write_text_atomic
-from edgetvm.errors import EXIT_INTERRUPTED, EdgeTVMError, InputError
+from edgetvm.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EdgeTVMError, InputError
 
 log = logging.getLogger("edgetvm")
 
@@ -589,8 +590,6 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd_board(args: argparse.Namespace) -> int:
-    import os
-
     from edgetvm.deploy.emulated_board import EmulatedBoard
 
     board = EmulatedBoard()
@@ -625,7 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()  # a closed pipe raises here, not in Python's flush at exit
+        return code
     except EdgeTVMError as err:
         if args.verbose:
             log.exception("failed")
@@ -634,3 +635,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"edgetvm {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Python flushes stdout again at exit and would print a second traceback: point it at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE

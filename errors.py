@@ -57,6 +57,9 @@ class BudgetError(EdgeTVMError):
 
 
 EXIT_INTERRUPTED = 130
+# The reader of our standard output closed it (``edgetvm compile ... | head -1``): what a shell reports for a
+# process that SIGPIPE ended. Whatever the command wrote to files is complete by then.
+EXIT_BROKEN_PIPE = 141
 
 
 def last_line(err: BaseException) -> str:

@@ -86,3 +86,17 @@ def test_dynamic_model_without_input_shape(tmp_path, capsys, ppocr_cls_path):
 def test_bad_target_exits_2(tmp_path, capsys, blazeface_path):
     code = main(["compile", str(blazeface_path), "--target", "pdp11", "-o", str(tmp_path / "o")])
     assert code == 2 and "unknown target 'pdp11'" in _one_line_error(capsys)
+
+
+def test_a_closed_standard_output_is_exit_141_without_a_traceback():
+    """``edgetvm ... | head -1``: the reader closes the pipe first, and Python printed two tracebacks."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgetvm", "schemes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # before the interpreter has started: its first write finds the pipe closed
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
