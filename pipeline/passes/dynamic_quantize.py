@@ -17,7 +17,7 @@ import tvm
 from tvm import relax
 from tvm.script import relax as R
 
-from edgetvm.pipeline.passes.quant_layers import rewrite_layers
+from edgetvm.pipeline.passes.quant_layers import rewrite_main
 
 QMAX = 127
 # A tensor of zeros has max|x| = 0; the floor keeps its scale finite (it then quantizes to zeros, as it should).
@@ -36,9 +36,7 @@ class DynamicQuantize:
         self.keep_float = frozenset(keep_float)
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        updated = mod.clone()  # a module pass must not change the module it was given
-        updated["main"] = rewrite_layers(mod["main"], self._rewrite)
-        return updated
+        return rewrite_main(mod, self._rewrite)
 
     def _rewrite(self, call: relax.Call, key: str) -> relax.Expr:
         layer = INT8_LAYERS.get(call.op.name)

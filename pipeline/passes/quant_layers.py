@@ -65,6 +65,14 @@ def rewrite_layers(func: relax.Function, rewrite: Callable[[relax.Call, str], re
     return _LayerRewriter(rewrite).visit_expr(func)
 
 
+def rewrite_main(mod: tvm.IRModule, rewrite: Callable[[relax.Call, str], relax.Expr]) -> tvm.IRModule:
+    """A copy of ``mod`` whose ``main`` has its layers rewritten (``rewrite_layers``): what a layer pass returns,
+    since a module pass must not change the module it was given."""
+    updated = mod.clone()
+    updated["main"] = rewrite_layers(mod["main"], rewrite)
+    return updated
+
+
 @relax.expr_functor.mutator
 class _LayerRewriter(relax.PyExprMutator):
     def __init__(self, rewrite: Callable[[relax.Call, str], relax.Expr]):

@@ -17,7 +17,7 @@ from tvm.script import relax as R
 
 from edgetvm.pipeline.calibration_stats import QMAX, CalibrationRanges
 from edgetvm.pipeline.passes.dynamic_quantize import INT8_LAYERS
-from edgetvm.pipeline.passes.quant_layers import rewrite_layers
+from edgetvm.pipeline.passes.quant_layers import rewrite_main
 
 
 @tvm.transform.module_pass(opt_level=0, name="StaticQuantize")
@@ -36,9 +36,7 @@ class StaticQuantize:
         self.per_tensor_weights = per_tensor_weights
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        updated = mod.clone()  # a module pass must not change the module it was given
-        updated["main"] = rewrite_layers(mod["main"], self._rewrite)
-        return updated
+        return rewrite_main(mod, self._rewrite)
 
     def _rewrite(self, call: relax.Call, key: str) -> relax.Expr:
         layer = INT8_LAYERS.get(call.op.name)

@@ -21,7 +21,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from edgetvm.pipeline.passes.quant_layers import rewrite_layers
+from edgetvm.pipeline.passes.quant_layers import rewrite_main
 
 
 def unfolded_channels(channels: int, kernel_width: int) -> int:
@@ -39,9 +39,7 @@ class UnfoldNarrowConv:
         self.skip = frozenset(skip)
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        updated = mod.clone()  # a module pass must not change the module it was given
-        updated["main"] = rewrite_layers(mod["main"], self._rewrite)
-        return updated
+        return rewrite_main(mod, self._rewrite)
 
     def _rewrite(self, call: relax.Call, key: str) -> relax.Expr:
         if call.op.name != "relax.nn.conv2d" or key in self.skip:
