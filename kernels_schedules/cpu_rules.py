@@ -145,7 +145,7 @@ ELEMENTWISE_PARALLEL_MIN = 1 << 14
 # depthwise conv read both rows on each core, and the next kernel wrote into storage the other core still held.
 # Measured on a 2-core Zen 4, a loop of one of its 2x96 blocks on two threads: the depthwise conv took 40 us
 # against 9 alone, the squeeze-excite product 36 against 3. Split by columns, the classifier's float build went
-# from 0.325 to 0.289 ms, w8a8-static 0.270 -> 0.253, w8a8-dynamic 0.348 -> 0.314 (interleaved, three loads
+# from 0.325 to 0.289 ms, w8a8-static 0.270 -> 0.259, w8a8-dynamic 0.348 -> 0.318 (interleaved, three loads
 # each). Square maps stay split by rows: BlazeFace's float build ran 11% slower split by columns.
 def _split_by_columns(columns: int | None, above: int) -> bool:
     """Whether a kernel whose output has ``columns`` on its second-innermost axis and ``above`` iterations over the
@@ -662,8 +662,7 @@ def schedule_full_reduction(sch: s_tir.Schedule, block, facts: CPUFacts) -> None
     if lanes < 2:
         return
     chunked = False
-    spanning = [loop for loop in loops[:-1] if (_extent(sch, loop) or 1) > 1]
-    outer = spanning[0] if spanning else None
+    outer = next((loop for loop in loops[:-1] if (_extent(sch, loop) or 1) > 1), None)
     if len(loops) >= 2 and _split_by_columns(_extent(sch, loops[-2]), _product(sch, loops[:-2])):
         outer = loops[-2]
     if outer is not None and _work(sch, block) >= FULL_REDUCTION_PARALLEL_MIN:

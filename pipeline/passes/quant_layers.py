@@ -99,6 +99,20 @@ def narrow_layers(mod: tvm.IRModule, min_input_channels: int) -> list[str]:
     return _conv_keys(mod, lambda groups, per_group: groups == 1 and per_group < min_input_channels)
 
 
+def layer_macs(call: relax.Call) -> int | None:
+    """Multiply-adds of one run of a layer (conv2d or matmul), or None when its output shape is not static."""
+    out = call.ty.shape
+    if out is None or not all(isinstance(d, tvm.tirx.IntImm) for d in out):
+        return None
+    weight = [int(d) for d in call.args[1].ty.shape]
+    if call.op.name == "relax.nn.conv2d":
+        layout = str(call.attrs.kernel_layout)
+        per_output = weight[layout.index("I")] * weight[layout.index("H")] * weight[layout.index("W")]
+    else:  # matmul: x [..., K] @ w [K, N]
+        per_output = weight[-2]
+    return int(np.prod([int(d) for d in out])) * per_output
+
+
 def small_layers(mod: tvm.IRModule, min_macs: int) -> list[str]:
     """Keys of the layers of ``mod["main"]`` (conv2d and matmul) that do fewer than ``min_macs`` multiply-adds per
     run: a squeeze-excite's 200 -> 50 vector, a classifier's last 200 -> 2."""
@@ -107,16 +121,9 @@ def small_layers(mod: tvm.IRModule, min_macs: int) -> list[str]:
     keys: list[str] = []
 
     def visit(call: relax.Call, key: str) -> relax.Expr:
-        out = call.ty.shape
-        weight = [int(d) for d in call.args[1].ty.shape]
-        if call.op.name == "relax.nn.conv2d":
-            layout = str(call.attrs.kernel_layout)
-            per_output = weight[layout.index("I")] * weight[layout.index("H")] * weight[layout.index("W")]
-        else:  # matmul: x [..., K] @ w [K, N]
-            per_output = weight[-2]
-        if out is not None and all(isinstance(d, tvm.tirx.IntImm) for d in out):
-            if int(np.prod([int(d) for d in out])) * per_output < min_macs:
-                keys.append(key)
+        macs = layer_macs(call)
+        if macs is not None and macs < min_macs:
+            keys.append(key)
         return call
 
     rewrite_layers(mod["main"], visit)

@@ -21,7 +21,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from edgetvm.pipeline.passes.quant_layers import rewrite_main
+from edgetvm.pipeline.passes.quant_layers import layer_macs, rewrite_main
 
 # A layer doing fewer multiply-adds is not worth its unfolded copy and quantize pass: the trained MNIST CNN's
 # second conv (3x3 over 8 channels on 14x14, 0.23 million) unfolded to 24 channels took its w8a8-dynamic build
@@ -68,19 +68,16 @@ def unfoldable(call: relax.Call, min_input_channels: int) -> tuple[str, str, int
         or str(attrs.out_layout) != data_layout
     ):
         return None
-    weight = [int(d) for d in call.args[1].ty.shape]
-    out = call.ty.shape
-    if out is None or not all(isinstance(d, tvm.tirx.IntImm) for d in out):
+    macs = layer_macs(call)
+    if macs is None or macs < MIN_MACS:
         return None
+    weight = [int(d) for d in call.args[1].ty.shape]
     channels, kernel_width = weight[kernel_layout.index("I")], weight[kernel_layout.index("W")]
-    output_width = int(out[data_layout.index("W")])
     if channels >= min_input_channels or kernel_width < 2:
         return None
     if unfolded_channels(channels, kernel_width) < min_input_channels:
         return None  # PP-OCR's 3x3 over 3 channels: 10 channels, too few pairs to pay for the unfolded copy
-    if int(np.prod([int(d) for d in out])) * channels * kernel_width * weight[kernel_layout.index("H")] < MIN_MACS:
-        return None
-    return data_layout, kernel_layout, channels, kernel_width, output_width
+    return data_layout, kernel_layout, channels, kernel_width, int(call.ty.shape[data_layout.index("W")])
 
 
 def _unfold(
