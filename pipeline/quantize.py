@@ -91,10 +91,11 @@ def quantize(
     """Return ``imported`` with its module rewritten by ``scheme``'s pass pipeline.
 
     ``keep_float`` names layers (``quant_layers`` keys) left in float; ``calibration`` holds the activation ranges
-    static schemes need (``pipeline.calibrate``). Besides those, the scheme's narrow convs (``min_input_channels``)
-    and small layers (``min_macs``) stay float, and so do depthwise convs without ``int8_depthwise`` (the target's
-    ``TargetPreset.int8_depthwise``). A narrow conv whose kernel columns give it enough channels is unfolded into
-    one that has them first (``passes.unfold_narrow_conv``), and quantized.
+    static schemes need (``pipeline.calibrate``). Besides those, the scheme's narrow convs (``min_input_channels``),
+    small layers (``min_macs``) and layers that use each input value for few multiply-adds (``min_macs_per_input``)
+    stay float, and so do depthwise convs without ``int8_depthwise`` (the target's ``TargetPreset.int8_depthwise``).
+    A narrow conv whose kernel columns give it enough channels is unfolded into one that has them first
+    (``passes.unfold_narrow_conv``), and quantized.
 
     Raises
     ------
@@ -117,7 +118,13 @@ def quantize(
         return imported
     import tvm
 
-    from edgetvm.pipeline.passes.quant_layers import depthwise_layers, narrow_layers, quant_layers, small_layers
+    from edgetvm.pipeline.passes.quant_layers import (
+        depthwise_layers,
+        low_reuse_layers,
+        narrow_layers,
+        quant_layers,
+        small_layers,
+    )
     from edgetvm.pipeline.passes.unfold_narrow_conv import UnfoldNarrowConv
 
     folded = tvm.relax.transform.FoldConstant()(imported.mod)  # weights reach conv2d / matmul as constants
@@ -134,16 +141,30 @@ def quantize(
     small = small_layers(folded, scheme.min_macs)
     if small:
         log.info("%s: %d layer(s) stay float (fewer than %d multiply-adds)", scheme.name, len(small), scheme.min_macs)
+    low_reuse = [key for key in low_reuse_layers(folded, scheme.min_macs_per_input) if key not in small]
+    if low_reuse:
+        log.info(
+            "%s: %d layer(s) stay float (fewer than %d multiply-adds per input value)",
+            scheme.name,
+            len(low_reuse),
+            scheme.min_macs_per_input,
+        )
     depthwise = [] if int8_depthwise else depthwise_layers(folded)
     if depthwise:
         log.info(
             "%s: %d depthwise conv(s) stay float (the target has no faster int8 depthwise)", scheme.name, len(depthwise)
         )
-    keep_float = frozenset(keep_float) | frozenset(narrow) | frozenset(small) | frozenset(depthwise)
+    keep_float = frozenset(keep_float).union(narrow, small, low_reuse, depthwise)
     passes = PIPELINES[scheme.name](PipelineOptions(scheme, keep_float, calibration))
+    quantized = [layer.key for layer in quant_layers(folded) if layer.key not in keep_float]
+    if not quantized:
+        log.warning(
+            "%s: every layer of %s stays float (see -v for why); the build runs the float model",
+            scheme.name,
+            imported.path,
+        )
     if calibration is not None:  # before the passes: TVM turns what a Python pass raises into a RuntimeError
-        keys = [layer.key for layer in quant_layers(folded)]
-        calibration.check_covers([key for key in keys if key not in keep_float])
+        calibration.check_covers(quantized)
 
     try:
         mod = tvm.transform.Sequential(passes, name=f"quantize-{scheme.name}")(folded)

@@ -130,6 +130,28 @@ def small_layers(mod: tvm.IRModule, min_macs: int) -> list[str]:
     return keys
 
 
+def low_reuse_layers(mod: tvm.IRModule, min_macs_per_input: int) -> list[str]:
+    """Keys of the layers of ``mod["main"]`` that do fewer than ``min_macs_per_input`` multiply-adds per value of
+    their input (a 1x1 conv: its output channels; a matmul: its output columns), depthwise convs excepted (their
+    int8 policy is the target's, ``depthwise_layers``)."""
+    if min_macs_per_input <= 0:
+        return []
+    depthwise = set(depthwise_layers(mod))
+    keys: list[str] = []
+
+    def visit(call: relax.Call, key: str) -> relax.Expr:
+        macs = layer_macs(call)
+        data = call.args[0].ty.shape
+        if macs is None or key in depthwise or data is None or not all(isinstance(d, tvm.tirx.IntImm) for d in data):
+            return call
+        if macs < min_macs_per_input * int(np.prod([int(d) for d in data])):
+            keys.append(key)
+        return call
+
+    rewrite_layers(mod["main"], visit)
+    return keys
+
+
 def depthwise_layers(mod: tvm.IRModule) -> list[str]:
     """Keys of the depthwise conv2d layers of ``mod["main"]``: grouped, one input channel per group."""
     return _conv_keys(mod, lambda groups, per_group: groups > 1 and per_group == 1)

@@ -23,7 +23,10 @@ VARIANTS = [
 
 
 def _tiny_cnn(path):
-    """Conv 3->16 (3x3), ReLU, Conv 16->16 (1x1), global average pool, Gemm 16->10, softmax: 1x3x32x32 -> 1x10."""
+    """Conv 3->16 (3x3), ReLU, Conv 16->64 (1x1), global average pool, Gemm 64->10, softmax: 1x3x32x32 -> 1x10.
+
+    The 1x1 conv uses each input value for 64 multiply-adds: enough for w8a8-dynamic to quantize it
+    (``min_macs_per_input``)."""
     rng = np.random.default_rng(0)
 
     def weight(name, *shape):
@@ -38,8 +41,8 @@ def _tiny_cnn(path):
         helper.make_node("Gemm", ["f", "w3", "b3"], ["g"], transB=1),
         helper.make_node("Softmax", ["g"], ["y"], axis=-1),
     ]
-    weights = [weight("w1", 16, 3, 3, 3), weight("b1", 16), weight("w2", 16, 16, 1, 1), weight("b2", 16)]
-    weights += [weight("w3", 10, 16), weight("b3", 10)]
+    weights = [weight("w1", 16, 3, 3, 3), weight("b1", 16), weight("w2", 64, 16, 1, 1), weight("b2", 64)]
+    weights += [weight("w3", 10, 64), weight("b3", 10)]
     graph = helper.make_graph(
         nodes,
         "tiny_cnn",
@@ -87,8 +90,8 @@ def test_report_schema(report, tiny_model):
     assert report["baseline"] == {"runtime": "onnxruntime", "variant": "float"}
     assert report["model"]["path"] == str(tiny_model.resolve()) and len(report["model"]["sha256"]) == 64
     assert report["model"]["inputs"] == [{"name": "x", "shape": [1, 3, 32, 32], "dtype": "float32"}]
-    # 32*32*16 outputs x 27 + 32*32*16 x 16 + 10 x 16 multiply-accumulates
-    assert report["model"]["flops"] == 2 * (32 * 32 * 16 * 27 + 32 * 32 * 16 * 16 + 10 * 16)
+    # 32*32*16 outputs x 27 + 32*32*64 x 16 + 10 x 64 multiply-accumulates
+    assert report["model"]["flops"] == 2 * (32 * 32 * 16 * 27 + 32 * 32 * 64 * 16 + 10 * 64)
     host = report["host"]
     assert host["emulated"] is False and host["threads"] == 2 and host["cpu"]
     assert host["tvm_threads"] == 2  # TVM would take half the cores on x86 by itself

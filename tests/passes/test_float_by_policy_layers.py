@@ -1,5 +1,6 @@
 """Layers int8 does not pay for stay float in the int8 schemes: narrow ones (a first conv over 3 colour channels),
-small ones in the dynamic scheme (a squeeze-excite's vector layers), and depthwise convs on targets without a
+small ones and ones of little input reuse in the dynamic scheme (a squeeze-excite's vector layers, 1x1
+projections to few channels), and depthwise convs on targets without a
 faster int8 depthwise kernel (``TargetPreset.int8_depthwise``)."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import tvm
 from tvm import relax
 
 from edgetvm.pipeline.ingest import ImportedModel
-from edgetvm.pipeline.passes.quant_layers import depthwise_layers, narrow_layers, small_layers
+from edgetvm.pipeline.passes.quant_layers import depthwise_layers, low_reuse_layers, narrow_layers, small_layers
 from edgetvm.pipeline.quantize import quantize
 from edgetvm.pipeline.schemes import get_scheme
 from edgetvm.targets import resolve_target
@@ -57,7 +58,7 @@ def _imported() -> ImportedModel:
 
 def test_int8_scheme_keeps_the_first_layer_float():
     imported = _imported()
-    scheme = dataclasses.replace(get_scheme("w8a8-dynamic"), min_macs=0)
+    scheme = dataclasses.replace(get_scheme("w8a8-dynamic"), min_macs=0, min_macs_per_input=0)
     assert scheme.min_input_channels == 16
     assert _conv_dtypes(quantize(imported, scheme).mod) == ["float32", "int8", "int8"]
     every_layer = dataclasses.replace(scheme, min_input_channels=0)
@@ -69,7 +70,7 @@ def test_depthwise_layers_are_grouped_convs_with_one_input_channel_a_group():
 
 
 def test_targets_without_int8_depthwise_keep_depthwise_convs_float():
-    scheme = dataclasses.replace(get_scheme("w8a8-dynamic"), min_input_channels=0, min_macs=0)
+    scheme = dataclasses.replace(get_scheme("w8a8-dynamic"), min_input_channels=0, min_macs=0, min_macs_per_input=0)
     assert _conv_dtypes(quantize(_imported(), scheme, int8_depthwise=False).mod) == ["int8", "float32", "int8"]
     # x86 (AVX2 here) has no faster int8 depthwise; the Pi targets quantize them (NEON widening multiply-adds)
     assert resolve_target("x86").int8_depthwise is False
@@ -87,7 +88,33 @@ def test_small_layers_do_fewer_multiply_adds_than_the_minimum():
 def test_dynamic_scheme_keeps_small_layers_float():
     """A dynamic layer's input costs a max|x| pass and a quantize pass at run time: on a squeeze-excite's vector
     layers that is more than int8 saves (PP-OCR classifier, w8a8-dynamic: 316 -> 310 us with them float)."""
-    scheme = dataclasses.replace(get_scheme("w8a8-dynamic"), min_input_channels=0)
+    scheme = dataclasses.replace(get_scheme("w8a8-dynamic"), min_input_channels=0, min_macs_per_input=0)
     assert scheme.min_macs == 1 << 15
     assert _conv_dtypes(quantize(_imported(), scheme).mod) == ["int8", "float32", "float32"]
     assert get_scheme("w8a8-static").min_macs == 0  # static quantizes in the producer's epilogue: no extra pass
+
+
+def test_low_reuse_layers_do_few_multiply_adds_per_input_value():
+    # conv 3->16 3x3: 43200 multiply-adds over 432 input values (100 each); conv 16->24 1x1: 24 each; the
+    # depthwise conv (9 each) is the target's choice, never listed
+    mod = _module()
+    assert low_reuse_layers(mod, 0) == []
+    assert low_reuse_layers(mod, 40) == ["conv2d_2"]
+    assert low_reuse_layers(mod, 101) == ["conv2d_0", "conv2d_2"]
+
+
+def test_dynamic_scheme_keeps_layers_of_little_input_reuse_float():
+    """A dynamic layer's input is read twice more at run time (max|x|, quantize): a 1x1 projection to 16 or 32
+    channels saves less in int8 than that costs (PP-OCR classifier, w8a8-dynamic: 0.93x -> 1.02x of float)."""
+    scheme = dataclasses.replace(get_scheme("w8a8-dynamic"), min_input_channels=0, min_macs=0)
+    assert scheme.min_macs_per_input == 40
+    assert _conv_dtypes(quantize(_imported(), scheme, int8_depthwise=True).mod) == ["int8", "int8", "float32"]
+    assert get_scheme("w8a8-static").min_macs_per_input == 0  # no run-time max|x| pass to pay for
+
+
+def test_a_scheme_that_quantizes_no_layer_says_so(caplog):
+    scheme = get_scheme("w8a8-dynamic")  # every layer of the small module is narrow, small or depthwise here
+    with caplog.at_level("WARNING"):
+        mod = quantize(_imported(), scheme, int8_depthwise=False).mod
+    assert _conv_dtypes(mod) == ["float32", "float32", "float32"]
+    assert "w8a8-dynamic: every layer of first-layer.onnx stays float" in caplog.text

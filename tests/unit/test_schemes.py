@@ -73,6 +73,8 @@ def test_register_and_unregister():
         ),
         ({"calibration": "min-max"}, "field 'calibration' must be None when activation_mode is 'dynamic'"),
         ({"name": ""}, "field 'name' must be a non-empty string"),
+        ({"min_macs": -1}, "field 'min_macs' must be an integer >= 0, got -1"),
+        ({"min_macs_per_input": 2.5}, "field 'min_macs_per_input' must be an integer >= 0, got 2.5"),
     ],
 )
 def test_bad_fields_are_refused(changes, message):
