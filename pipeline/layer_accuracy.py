@@ -304,7 +304,7 @@ def layer_report_for_package(
 
     from edgetvm.pipeline.ingest import file_sha256, load_model
     from edgetvm.pipeline.quantize import quantize
-    from edgetvm.pipeline.schemes import get_scheme
+    from edgetvm.pipeline.schemes import scheme_as_built
 
     quantization = package.manifest.get("quantization", "none")
     if not isinstance(quantization, dict) or quantization.get("name", "none") == "none":
@@ -326,7 +326,8 @@ def layer_report_for_package(
     quantizer = functools.partial(
         quantize, calibration=ranges, int8_depthwise=bool(quantization.get("int8_depthwise", True))
     )
-    probe = LayerProbe(imported, get_scheme(quantization["name"]), samples, reference, quantizer)
+    # The scheme as the manifest records it: an artifact of an older edgetvm may have quantized more layers.
+    probe = LayerProbe(imported, scheme_as_built(quantization), samples, reference, quantizer)
     return probe.evaluate(keep_float)
 
 

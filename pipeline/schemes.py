@@ -5,7 +5,7 @@ Adding a scheme is one ``register_scheme(QuantScheme(...))`` here plus its pass 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from edgetvm.errors import InputError
 from edgetvm.pipeline.calibration_stats import CalibrationMethod
@@ -151,6 +151,28 @@ def get_scheme(name: str) -> QuantScheme:
         raise InputError(
             f"unknown quantization scheme {name!r}; known schemes: {', '.join(sorted(_SCHEMES))}"
         ) from None
+
+
+# Which layers a scheme leaves float. An artifact built before a field existed quantized every such layer.
+LAYER_POLICY_FIELDS = ("min_input_channels", "min_macs", "min_macs_per_input")
+
+
+def scheme_as_built(entry: dict) -> QuantScheme:
+    """The scheme an artifact was built with, from its manifest's ``quantization`` entry: the registered scheme
+    of that name with the fields the entry records; a layer policy it does not record (an older edgetvm's build)
+    is 0, which is how that build quantized.
+
+    Raises
+    ------
+    InputError
+        For an unknown scheme name, or recorded fields that are not valid.
+    """
+    registered = get_scheme(entry["name"])
+    values = {
+        field.name: entry.get(field.name, 0 if field.name in LAYER_POLICY_FIELDS else getattr(registered, field.name))
+        for field in fields(QuantScheme)
+    }
+    return QuantScheme(**values)
 
 
 def list_schemes() -> list[QuantScheme]:

@@ -93,3 +93,16 @@ def test_static_scheme_names_its_calibration_method():
     scheme = get_scheme("w8a8-static")
     assert scheme.activation_mode == "static" and scheme.calibration in ("minmax", "percentile", "entropy")
     assert scheme.manifest_entry()["calibration"] == scheme.calibration
+
+
+def test_scheme_as_built_takes_the_manifest_fields_and_zero_for_policies_it_lacks():
+    from edgetvm.pipeline.schemes import scheme_as_built
+
+    entry = get_scheme("w8a8-dynamic").manifest_entry()
+    assert scheme_as_built(entry) == get_scheme("w8a8-dynamic")
+    # an artifact from before min_macs_per_input (and min_macs) quantized those layers
+    older = {key: value for key, value in entry.items() if key not in ("min_macs", "min_macs_per_input")}
+    built = scheme_as_built({**older, "int8_depthwise": False})
+    assert (built.min_macs, built.min_macs_per_input, built.min_input_channels) == (0, 0, 16)
+    static = {**get_scheme("w8a8-static").manifest_entry(), "calibration": "entropy", "calibration_samples": 8}
+    assert scheme_as_built(static).calibration == "entropy"
