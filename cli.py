@@ -33,7 +33,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from edgetvm.pipeline.build import build_package
     from edgetvm.pipeline.calibrate import prepare_calibration, quantization_manifest, ranges_files
     from edgetvm.pipeline.ingest import load_model
-    from edgetvm.pipeline.quantize import quantize
+    from edgetvm.pipeline.quantize import quantize, scheme_for_target
     from edgetvm.pipeline.schemes import get_scheme
     from edgetvm.pipeline.tensor_spec import parse_shape_option
     from edgetvm.targets import resolve_target
@@ -41,7 +41,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     target = resolve_target(args.target)
     target.check_toolchain()
     budget = _budget(args)
-    scheme = get_scheme(args.quantize)
+    scheme = scheme_for_target(get_scheme(args.quantize), target)
     # With --quantize, the accuracy budget drives mixed precision, measured on host builds for any target.
     mixed = budget.max_accuracy_drop is not None and not scheme.is_float
     if not budget.empty and not (mixed and budget.max_latency_ms is None and budget.max_regression is None):

@@ -9,8 +9,8 @@ conv weights become OHWI.
 On x86, ``vpmaddwd`` takes int16 pairs: the int8 activations and weights are held in int16 (values unchanged,
 still int8 quantization), which saves a ``vpmovsxbw`` per operand in the inner loop; weights are widened once, at
 compile time. Grouped and depthwise convs keep HWIO: their reduction has no input channels to run over. A matmul
-becomes ``dense_dot`` over the weight transposed to [N, K]. On x86, convs whose output channels fill whole ymm
-registers take the ``vpmaddwd`` pair kernel instead (``x86_int16_pairs``).
+becomes ``dense_dot`` over the weight transposed to [N, K]. On x86, convs with an even number of input channels
+take the ``vpmaddwd`` pair kernel instead (``x86_int16_pairs``), from 8 of them.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from edgetvm.kernels_schedules.x86_int16_pairs import LANES, pair_conv2d
 # Below this many input channels (a network's first layer: 3) the dot loops are too short to vectorise and
 # each output pays a horizontal sum: such convs keep HWIO and the output-channel-vectorised schedule.
 MIN_DOT_CHANNELS = 16
+# The pair kernel sums pairs of channels and needs no horizontal sum: 8 channels are 4 pairs (the x86 preset
+# quantizes convs from 8 input channels: TargetPreset.int8_min_input_channels).
+MIN_PAIR_CHANNELS = 8
 
 _PATTERN = is_op("relax.nn.conv2d")(wildcard(), is_const()) | is_op("relax.matmul")(wildcard(), is_const())
 
@@ -92,7 +95,7 @@ class Int8ConvLayout(TEKernelRewriter):
             and str(attrs.kernel_layout) == "HWIO"
             and str(attrs.data_layout) == "NHWC"
             and int(attrs.groups) == 1
-            and int(weight.ty.shape[2]) >= MIN_DOT_CHANNELS
+            and int(weight.ty.shape[2]) >= MIN_PAIR_CHANNELS
         ):
             return call
         hwio = weight.value.numpy()
@@ -108,6 +111,8 @@ class Int8ConvLayout(TEKernelRewriter):
             hwio = pad_output_channels(hwio, LANES)
             packed = hwio.reshape(kh, kw, in_channels // 2, 2, hwio.shape[3]).transpose(0, 1, 2, 4, 3)
             return self._pair_kernel(data, np.ascontiguousarray(packed).astype(np.int16), attrs, out_channels)
+        if in_channels < MIN_DOT_CHANNELS:
+            return call
         ohwi = np.ascontiguousarray(hwio.transpose(3, 0, 1, 2))
         if self.widen:
             data = relax.op.astype(data, "int16")

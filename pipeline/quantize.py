@@ -174,6 +174,15 @@ def quantize(
     return dataclasses.replace(imported, mod=mod)
 
 
+def scheme_for_target(scheme: QuantScheme, target: TargetPreset) -> QuantScheme:
+    """``scheme`` as it quantizes for ``target``: with the target's ``int8_min_input_channels`` when it sets one
+    (the manifest records the scheme so, and ``compare --per-layer`` rebuilds it from there)."""
+    channels = target.int8_min_input_channels
+    if scheme.is_float or channels is None or channels == scheme.min_input_channels:
+        return scheme
+    return dataclasses.replace(scheme, min_input_channels=channels)
+
+
 def prepare_for_target(
     imported: ImportedModel,
     scheme: QuantScheme,
@@ -194,7 +203,7 @@ def prepare_for_target(
     BuildError
         When a pass fails on the module.
     """
-    scheme, ranges = prepare_calibration(imported, scheme, calibration, progress)
+    scheme, ranges = prepare_calibration(imported, scheme_for_target(scheme, target), calibration, progress)
     if progress and not scheme.is_float:
         progress(f"quantizing with {scheme.name}")
     quantized = quantize(imported, scheme, calibration=ranges, int8_depthwise=target.int8_depthwise)

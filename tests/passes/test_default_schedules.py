@@ -263,10 +263,11 @@ def _int8_conv_module(w):
     return bb.get()
 
 
-@pytest.mark.parametrize("out_channels", [24, 32, 12, 42])
-def test_int8_conv_is_exact_and_uses_vpmaddwd_on_x86(out_channels):
-    w = RNG.integers(-127, 128, (out_channels, 32, 3, 3)).astype("int8")
-    x = RNG.integers(-127, 128, (1, 32, 10, 10)).astype("int8")
+@pytest.mark.parametrize("out_channels, in_channels", [(24, 32), (32, 32), (12, 32), (42, 32), (16, 8)])
+def test_int8_conv_is_exact_and_uses_vpmaddwd_on_x86(out_channels, in_channels):
+    """8 input channels too (4 pairs: the trained CNN's 3x3 8 -> 16 conv), which the dot form would not take."""
+    w = RNG.integers(-127, 128, (out_channels, in_channels, 3, 3)).astype("int8")
+    x = RNG.integers(-127, 128, (1, in_channels, 10, 10)).astype("int8")
     report = ScheduleReport()
     executable = tvm.compile(_int8_conv_module(w), X86, relax_pipeline=relax_pipeline(X86, report))
     actual = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()

@@ -54,6 +54,8 @@ def test_inline_json_and_file(tmp_path):
     assert resolve_target(json.dumps(data)).threads == 2
     assert resolve_target(json.dumps(data)).int8_depthwise is True  # the default; a target file may say false
     assert resolve_target(json.dumps({**data, "int8_depthwise": False})).int8_depthwise is False
+    assert resolve_target(json.dumps(data)).int8_min_input_channels is None  # the scheme's own
+    assert resolve_target(json.dumps({**data, "int8_min_input_channels": 4})).int8_min_input_channels == 4
     path = tmp_path / "t.json"
     path.write_text(json.dumps(data))
     assert resolve_target(str(path)).name == "myboard"
@@ -71,6 +73,10 @@ def test_inline_json_and_file(tmp_path):
         (
             '{"name": "a", "llvm": {"kind": "llvm"}, "arch": "aarch64", "threads": 1, "int8_depthwise": "no"}',
             "int8_depthwise must be true or false",
+        ),
+        (
+            '{"name": "a", "llvm": {"kind": "llvm"}, "arch": "aarch64", "threads": 1, "int8_min_input_channels": -1}',
+            "int8_min_input_channels must be null or an integer >= 0, got -1",
         ),
     ],
 )
