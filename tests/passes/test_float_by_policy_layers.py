@@ -120,12 +120,14 @@ def test_a_scheme_that_quantizes_no_layer_says_so(caplog):
     assert "w8a8-dynamic: every layer of first-layer.onnx stays float" in caplog.text
 
 
-def test_the_x86_target_quantizes_convs_from_8_input_channels():
-    """Its pair kernel sums pairs of channels: the trained CNN's 3x3 8 -> 16 conv ran 3.9 us in int8, 8.4 in
-    float. The Pi targets keep the scheme's 16 (their dot-form kernels sum 16 channels or more)."""
+def test_the_x86_target_quantizes_convs_from_8_input_channels_in_static_schemes():
+    """In static schemes: its pair kernel sums pairs of channels (the trained CNN's w8a8-static build: 0.97x ->
+    1.09x of float). The Pi targets keep the scheme's 16 (their dot-form kernels sum 16 channels or more)."""
     from edgetvm.pipeline.quantize import scheme_for_target
 
     scheme = get_scheme("w8a8-static")
     assert scheme_for_target(scheme, resolve_target("x86")).min_input_channels == 8
     assert scheme_for_target(scheme, resolve_target("rpi4")) is scheme
+    dynamic = get_scheme("w8a8-dynamic")  # its run-time quantize passes cost more than the conv saves
+    assert scheme_for_target(dynamic, resolve_target("x86")) is dynamic
     assert scheme_for_target(get_scheme("none"), resolve_target("x86")) is get_scheme("none")
