@@ -10,6 +10,10 @@ from dataclasses import asdict, dataclass, fields
 from edgetvm.errors import InputError
 from edgetvm.pipeline.calibration_stats import CalibrationMethod
 
+# The fields that say which layers a scheme leaves float. An artifact built before one existed quantized every
+# such layer (``scheme_as_built``).
+LAYER_POLICY_FIELDS = ("min_input_channels", "min_macs", "min_macs_per_input")
+
 WEIGHT_GRANULARITIES = ("per-channel", "per-tensor")
 ACTIVATION_MODES = ("none", "static", "dynamic")
 WEIGHT_BITS = (1, 2, 4, 8, 32)
@@ -75,12 +79,7 @@ class QuantScheme:
                 f"quantization scheme {self.name!r}: field 'calibration' must name a method when "
                 f"activation_mode is 'static', got {self.calibration!r}"
             )
-        if not isinstance(self.min_input_channels, int) or self.min_input_channels < 0:
-            raise InputError(
-                f"quantization scheme {self.name!r}: field 'min_input_channels' must be an integer >= 0, got "
-                f"{self.min_input_channels!r}"
-            )
-        for field in ("min_macs", "min_macs_per_input"):
+        for field in LAYER_POLICY_FIELDS:
             value = getattr(self, field)
             if not isinstance(value, int) or value < 0:
                 raise InputError(
@@ -151,10 +150,6 @@ def get_scheme(name: str) -> QuantScheme:
         raise InputError(
             f"unknown quantization scheme {name!r}; known schemes: {', '.join(sorted(_SCHEMES))}"
         ) from None
-
-
-# Which layers a scheme leaves float. An artifact built before a field existed quantized every such layer.
-LAYER_POLICY_FIELDS = ("min_input_channels", "min_macs", "min_macs_per_input")
 
 
 def scheme_as_built(entry: dict) -> QuantScheme:

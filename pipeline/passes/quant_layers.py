@@ -99,10 +99,17 @@ def narrow_layers(mod: tvm.IRModule, min_input_channels: int) -> list[str]:
     return _conv_keys(mod, lambda groups, per_group: groups == 1 and per_group < min_input_channels)
 
 
+def _static_size(shape) -> int | None:
+    """Elements of a tensor of ``shape`` (a Relax shape), or None when the shape is not static."""
+    if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+        return None
+    return int(np.prod([int(d) for d in shape]))
+
+
 def layer_macs(call: relax.Call) -> int | None:
     """Multiply-adds of one run of a layer (conv2d or matmul), or None when its output shape is not static."""
-    out = call.ty.shape
-    if out is None or not all(isinstance(d, tvm.tirx.IntImm) for d in out):
+    outputs = _static_size(call.ty.shape)
+    if outputs is None:
         return None
     weight = [int(d) for d in call.args[1].ty.shape]
     if call.op.name == "relax.nn.conv2d":
@@ -110,7 +117,7 @@ def layer_macs(call: relax.Call) -> int | None:
         per_output = weight[layout.index("I")] * weight[layout.index("H")] * weight[layout.index("W")]
     else:  # matmul: x [..., K] @ w [K, N]
         per_output = weight[-2]
-    return int(np.prod([int(d) for d in out])) * per_output
+    return outputs * per_output
 
 
 def small_layers(mod: tvm.IRModule, min_macs: int) -> list[str]:
@@ -140,11 +147,8 @@ def low_reuse_layers(mod: tvm.IRModule, min_macs_per_input: int) -> list[str]:
     keys: list[str] = []
 
     def visit(call: relax.Call, key: str) -> relax.Expr:
-        macs = layer_macs(call)
-        data = call.args[0].ty.shape
-        if macs is None or key in depthwise or data is None or not all(isinstance(d, tvm.tirx.IntImm) for d in data):
-            return call
-        if macs < min_macs_per_input * int(np.prod([int(d) for d in data])):
+        macs, inputs = layer_macs(call), _static_size(call.args[0].ty.shape)
+        if macs is not None and inputs is not None and key not in depthwise and macs < min_macs_per_input * inputs:
             keys.append(key)
         return call
 
