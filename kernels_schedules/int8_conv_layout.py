@@ -10,7 +10,8 @@ On x86, ``vpmaddwd`` takes int16 pairs: the int8 activations and weights are hel
 still int8 quantization), which saves a ``vpmovsxbw`` per operand in the inner loop; weights are widened once, at
 compile time. Grouped and depthwise convs keep HWIO: their reduction has no input channels to run over. A matmul
 becomes ``dense_dot`` over the weight transposed to [N, K]. On x86, convs with an even number of input channels
-take the ``vpmaddwd`` pair kernel instead (``x86_int16_pairs``), from 8 of them.
+take the ``vpmaddwd`` pair kernel instead (``x86_int16_pairs``), from 8 of them, and so do matmuls with an even
+K (``pair_dense``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 
 from edgetvm.kernels_schedules.te_kernels import TEKernelRewriter, pad_output_channels
-from edgetvm.kernels_schedules.x86_int16_pairs import LANES, pair_conv2d
+from edgetvm.kernels_schedules.x86_int16_pairs import LANES, pair_conv2d, pair_dense
 
 # Below this many input channels (a network's first layer: 3) the dot loops are too short to vectorise and
 # each output pays a horizontal sum: such convs keep HWIO and the output-channel-vectorised schedule.
@@ -65,10 +66,29 @@ class Int8ConvLayout(TEKernelRewriter):
             (strides, padding, out_channels),
         )
 
+    def _pair_dense(self, data, weight: np.ndarray) -> relax.Expr:
+        """The x86 pair kernel of ``data[M, K] @ weight[K, N]``: weights packed ``[K/2, N, 2]``, N padded with zero
+        columns to whole ymm registers."""
+        features = weight.shape[1]
+        padded = np.pad(weight, [(0, 0), (0, -features % LANES)])
+        packed = padded.reshape(weight.shape[0] // 2, 2, padded.shape[1]).transpose(0, 2, 1)
+        return self.te_kernel(
+            "dense_int16_pairs",
+            lambda x, w: pair_dense(x, w, features),
+            [
+                (relax.op.astype(data, "int16"), data.ty.shape, "int16"),
+                (relax.const(np.ascontiguousarray(packed).astype(np.int16)), packed.shape, "int16"),
+            ],
+            (features,),
+        )
+
     def _rewrite_matmul(self, call: relax.Call, data, weight) -> relax.Expr:
-        """int8 ``x[M, K] @ W[K, N]`` as a dot over ``W`` transposed to ``[N, K]`` (widened on x86)."""
+        """int8 ``x[M, K] @ W[K, N]``: the pair kernel on x86 where K is even, else a dot over ``W`` transposed to
+        ``[N, K]`` (widened on x86)."""
         if not (data.ty.ndim == 2 and weight.ty.ndim == 2 and int(weight.ty.shape[0]) >= MIN_DOT_CHANNELS):
             return call
+        if self.widen and int(weight.ty.shape[0]) % 2 == 0:
+            return self._pair_dense(data, weight.value.numpy())
         dtype = "int16" if self.widen else "int8"
         transposed = np.ascontiguousarray(weight.value.numpy().T).astype(dtype)
         operand = relax.op.astype(data, dtype) if self.widen else data

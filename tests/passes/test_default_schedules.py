@@ -347,27 +347,44 @@ def test_full_reduction_vectorizes_channels_that_fill_no_whole_register(mcpu, la
     assert not _max_abs_loop_kinds((1, 8, 8, 96), target)["parallel"]  # 6144 elements: not worth the thread pool
 
 
-@pytest.mark.parametrize("target", ["x86", "rpi5"])
-def test_int8_dense_is_a_dot_product_and_exact(target):
-    w = RNG.integers(-127, 128, (256, 40)).astype("int8")
-    x = RNG.integers(-127, 128, (1, 256)).astype("int8")
+def _int8_dense(x: np.ndarray, w: np.ndarray, target) -> tuple[tvm.runtime.Executable, ScheduleReport]:
     bb = relax.BlockBuilder()
     var = relax.Var("x", relax.TensorType(x.shape, "int8"))
     with bb.function("main", [var]):
         with bb.dataflow():
             out = bb.emit_output(bb.emit(relax.op.matmul(var, relax.const(w), out_dtype="int32")))
         bb.emit_func_output(out)
-    tvm_target = resolve_target(target).tvm_target()
     report = ScheduleReport()
-    executable = tvm.compile(bb.get(), tvm_target, relax_pipeline=relax_pipeline(tvm_target, report))
+    return tvm.compile(bb.get(), target, relax_pipeline=relax_pipeline(target, report)), report
+
+
+@pytest.mark.parametrize(
+    "m, k, n, kernel",
+    [
+        (1, 256, 40, "dense_int16_pairs"),  # 5 ymm registers of columns
+        (3, 784, 64, "dense_int16_pairs"),  # rows too, the trained CNN's layer
+        (1, 64, 10, "dense_int16_pairs"),  # 10 columns padded to 16 with zero weights, cropped
+        (2, 33, 24, "dense_dot"),  # odd K: no pairs, the dot form
+    ],
+)
+def test_int8_dense_on_x86_is_exact_and_uses_pairs_where_k_is_even(m, k, n, kernel):
+    w = RNG.integers(-127, 128, (k, n)).astype("int8")
+    x = RNG.integers(-127, 128, (m, k)).astype("int8")
+    executable, report = _int8_dense(x, w, X86)
+    assert [rule for name, rule in report.functions.items() if kernel in name] == ["reduction-tile"], report.functions
+    actual = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(actual, x.astype(np.int64) @ w.astype(np.int64))
+    if kernel == "dense_int16_pairs" and CPUFacts.of(X86).vector_bits >= 256:
+        asm = "\n".join(sub.inspect_source("asm") for sub in executable.mod.imports)
+        assert ("vpdpwssd" if _has_vnni(X86) else "vpmaddwd") in asm
+
+
+def test_int8_dense_on_rpi5_is_a_dot_product():
+    w = RNG.integers(-127, 128, (256, 40)).astype("int8")
+    target = resolve_target("rpi5").tvm_target()
+    executable, report = _int8_dense(np.zeros((1, 256), "int8"), w, target)
     assert [rule for name, rule in report.functions.items() if "dense_dot" in name] == ["reduction-tile"]
-    asm = "\n".join(sub.inspect_source("asm") for sub in executable.mod.imports)
-    if target == "x86":
-        actual = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-        np.testing.assert_array_equal(actual, x.astype(np.int64) @ w.astype(np.int64))
-        assert "vpmaddwd" in asm or CPUFacts.of(X86).vector_bits < 256
-    else:
-        assert "sdot\tv" in asm
+    assert "sdot\tv" in "\n".join(sub.inspect_source("asm") for sub in executable.mod.imports)
 
 
 def test_pair_intrinsic_allocates_nothing():
