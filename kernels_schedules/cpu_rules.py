@@ -27,6 +27,10 @@ from tvm.target import Target
 
 from edgetvm.kernels_schedules.x86_int16_pairs import LANES as PAIR_LANES
 from edgetvm.kernels_schedules.x86_int16_pairs import PAIR_KERNEL, PMADDWD_8x2
+from edgetvm.kernels_schedules.x86_u8s8_quads import QUAD_KERNEL, VPDPBUSD_8x4
+
+# Kernels tiled as the pair kernel, and the tensor intrinsic of their innermost 8 lanes x (2 or 4) channels.
+PAIR_INTRINSICS = {PAIR_KERNEL: PMADDWD_8x2, QUAD_KERNEL: VPDPBUSD_8x4}
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class CPUFacts:
     vector_bits: int
     registers: int  # SIMD registers: 16 on x86 AVX2, 32 on AVX-512 and aarch64 NEON
     is_x86: bool = False
+    vnni: bool = False  # x86 ``vpdpbusd`` on ymm: AVX512-VNNI with AVX512-VL, or AVX-VNNI
 
     @classmethod
     def of(cls, target: Target) -> CPUFacts:
@@ -44,10 +49,13 @@ class CPUFacts:
         # LLVM's own "vector width" says 512 for AVX2-only CPUs such as znver3: ask for the ISA instead.
         triple = str(target.attrs.get("mtriple", "")) or codegen.llvm_get_system_triple()
         if triple.startswith(("x86_64", "i686")):
+            vnni = bool(codegen.llvm_cpu_has_features("avxvnni", target)) or all(
+                codegen.llvm_cpu_has_features(feature, target) for feature in ("avx512vnni", "avx512vl")
+            )
             if codegen.llvm_cpu_has_features("avx512f", target):
-                return cls(512, 32, True)
+                return cls(512, 32, True, vnni)
             if codegen.llvm_cpu_has_features("avx2", target) or codegen.llvm_cpu_has_features("avx", target):
-                return cls(256, 16, True)
+                return cls(256, 16, True, vnni)
             return cls(128, 16, True)
         return cls(128, 32 if triple.startswith("aarch64") else 16)  # NEON: 32 q registers on aarch64, 16 on armv7
 
@@ -480,7 +488,8 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
     rows_candidates = [loop for loop in spatial[:-1] if (_extent(sch, loop) or 1) > 1]
     rows_loop = rows_candidates[-1] if rows_candidates else None
     rows_extent = _extent(sch, rows_loop) if rows_loop is not None else 1
-    pairs = _kernel_of(sch, anchor) == PAIR_KERNEL
+    intrinsic = PAIR_INTRINSICS.get(_kernel_of(sch, anchor))
+    pairs = intrinsic is not None
     if pairs:
         dot = False
         tile = choose_pair_tile(rows_extent, cols_extent)
@@ -538,7 +547,7 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
         if vectorized:
             sch.vectorize(sch.get_loops(init)[-1])
     if pairs:
-        sch.tensorize(tile_loops[-1], PMADDWD_8x2)
+        sch.tensorize(tile_loops[-1], intrinsic)
         tile_loops = tile_loops[:-1]
         reduction = []
     for loop in tile_loops if dot or pairs else tile_loops[:-1]:
@@ -597,7 +606,7 @@ def _padding_inlines_well(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> bool:
     timed alone moved by 1.5x between runs), while PP-OCR's (3x3 stride 2, 3 -> 8, 18 per value) took 8 us
     through the check and 32 us with the copy.
     """
-    if _kernel_of(sch, anchor) == PAIR_KERNEL or is_dot_form(sch, anchor):
+    if _kernel_of(sch, anchor) in PAIR_INTRINSICS or is_dot_form(sch, anchor):
         return False
     if not _input_is_shared(sch, anchor):
         return True

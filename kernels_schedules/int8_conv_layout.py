@@ -23,6 +23,7 @@ from tvm.relax.dpl import is_const, is_op, wildcard
 
 from edgetvm.kernels_schedules.te_kernels import TEKernelRewriter, pad_output_channels
 from edgetvm.kernels_schedules.x86_int16_pairs import LANES, pair_conv2d, pair_dense
+from edgetvm.kernels_schedules.x86_u8s8_quads import ZERO_POINT, quad_conv2d, quad_dense
 
 # Below this many input channels (a network's first layer: 3) the dot loops are too short to vectorise and
 # each output pays a horizontal sum: such convs keep HWIO and the output-channel-vectorised schedule.
@@ -48,12 +49,50 @@ def dense_dot(data, weight_nk):
 
 @tvm.transform.module_pass(opt_level=0, name="Int8ConvLayout")
 class Int8ConvLayout(TEKernelRewriter):
-    """``widen``: hold int8 operands in int16 (x86)."""
+    """``widen``: hold int8 operands in int16 (x86). ``quads``: the CPU has VNNI's ``vpdpbusd``, for int8 convs
+    whose input channels come in fours (``x86_u8s8_quads``)."""
 
     pattern = _PATTERN
 
-    def __init__(self, widen: bool):
+    def __init__(self, widen: bool, quads: bool = False):
         self.widen = widen
+        self.quads = quads
+
+    def _quad_kernel(self, data, hwio: np.ndarray, attrs, out_channels: int) -> relax.Expr:
+        """The x86 VNNI kernel (``x86_u8s8_quads``): the activation read as ``x + 128`` in uint8 (fused into the
+        producer's quantize), and ``128 * sum(w)`` per output channel subtracted from its result."""
+        kh, kw, in_channels, padded_channels = hwio.shape
+        packed = hwio.reshape(kh, kw, in_channels // 4, 4, padded_channels).transpose(0, 1, 2, 4, 3)
+        unsigned = _unsigned(data)
+        strides = tuple(int(s) for s in attrs.strides)
+        padding = tuple(int(p) for p in attrs.padding)
+        acc = self.te_kernel(
+            "conv2d_u8s8_quads",
+            lambda x, w: quad_conv2d(x, w, strides, padding, out_channels),
+            [
+                (unsigned, data.ty.shape, "uint8"),
+                (relax.const(np.ascontiguousarray(packed).astype(np.int8)), packed.shape, "int8"),
+            ],
+            (strides, padding, out_channels),
+        )
+        return _corrected(acc, hwio[..., :out_channels].reshape(-1, out_channels), (1, 1, 1, -1))
+
+    def _quad_dense(self, data, weight: np.ndarray) -> relax.Expr:
+        """``data[M, K] @ weight[K, N]`` as the VNNI kernel: weights packed ``[K/4, N, 4]``, N padded to whole ymm
+        registers; corrected as the conv."""
+        features = weight.shape[1]
+        padded = np.pad(weight, [(0, 0), (0, -features % LANES)])
+        packed = padded.reshape(weight.shape[0] // 4, 4, padded.shape[1]).transpose(0, 2, 1)
+        acc = self.te_kernel(
+            "dense_u8s8_quads",
+            lambda x, w: quad_dense(x, w, features),
+            [
+                (_unsigned(data), data.ty.shape, "uint8"),
+                (relax.const(np.ascontiguousarray(packed).astype(np.int8)), packed.shape, "int8"),
+            ],
+            (features,),
+        )
+        return _corrected(acc, weight, (1, -1))
 
     def _pair_kernel(self, data, packed: np.ndarray, attrs, out_channels: int) -> relax.Expr:
         """The x86 pair kernel (``x86_int16_pairs``)."""
@@ -87,6 +126,8 @@ class Int8ConvLayout(TEKernelRewriter):
         ``[N, K]`` (widened on x86)."""
         if not (data.ty.ndim == 2 and weight.ty.ndim == 2 and int(weight.ty.shape[0]) >= MIN_DOT_CHANNELS):
             return call
+        if self.quads and int(weight.ty.shape[0]) % 4 == 0 and self._both_int8(data, weight):
+            return self._quad_dense(data, weight.value.numpy())
         if self.widen and int(weight.ty.shape[0]) % 2 == 0:
             return self._pair_dense(data, weight.value.numpy())
         dtype = "int16" if self.widen else "int8"
@@ -94,6 +135,11 @@ class Int8ConvLayout(TEKernelRewriter):
         operand = relax.op.astype(data, dtype) if self.widen else data
         args = [(operand, data.ty.shape, dtype), (relax.const(transposed), transposed.shape, dtype)]
         return self.te_kernel("dense_dot", dense_dot, args, ())
+
+    @staticmethod
+    def _both_int8(data, weight) -> bool:
+        """The quad kernel's operands: int8 (int16 ones, imported ``w - w_zp``, may not fit a signed byte)."""
+        return {str(data.ty.dtype), str(weight.ty.dtype)} == {"int8"}
 
     def _takes(self, data, weight) -> bool:
         """int8 operands; on x86 also int16 ones (imported quantized layers whose ``w - w_zp`` leaves int8): the
@@ -129,6 +175,8 @@ class Int8ConvLayout(TEKernelRewriter):
             # Output channels padded with zero weights to whole ymm registers (BlazeFace's 28, 36, 42): the
             # padded lanes cost less than the dot form's horizontal sums.
             hwio = pad_output_channels(hwio, LANES)
+            if self.quads and in_channels % 4 == 0 and self._both_int8(data, weight):
+                return self._quad_kernel(data, hwio, attrs, out_channels)
             packed = hwio.reshape(kh, kw, in_channels // 2, 2, hwio.shape[3]).transpose(0, 1, 2, 4, 3)
             return self._pair_kernel(data, np.ascontiguousarray(packed).astype(np.int16), attrs, out_channels)
         if in_channels < MIN_DOT_CHANNELS:
@@ -149,3 +197,15 @@ class Int8ConvLayout(TEKernelRewriter):
             out_layout=str(attrs.out_layout) or "NHWC",
             out_dtype=str(attrs.out_dtype),
         )
+
+
+def _unsigned(data: relax.Expr) -> relax.Expr:
+    """int8 ``data`` as the quad kernel reads it: ``data + 128`` in uint8."""
+    return relax.op.astype(relax.op.add(relax.op.astype(data, "int16"), relax.const(ZERO_POINT, "int16")), "uint8")
+
+
+def _corrected(acc: relax.Expr, weight_kn: np.ndarray, shape: tuple[int, ...]) -> relax.Expr:
+    """The quad kernel's ``acc`` minus ``128 * sum(w)`` per output column of ``weight_kn`` ([reduction, outputs]),
+    shaped ``shape`` to broadcast over it: the int8 result."""
+    correction = ZERO_POINT * weight_kn.astype(np.int64).sum(axis=0)
+    return relax.op.subtract(acc, relax.const(correction.astype(np.int32).reshape(shape)))

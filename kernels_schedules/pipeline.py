@@ -29,7 +29,7 @@ def layout_passes(target: tvm.target.Target) -> list:
         FoldAffine(),
         relax.transform.ConvertLayout(CONV_LAYOUTS),
         relax.transform.FoldConstant(),
-        Int8ConvLayout(widen=CPUFacts.of(target).is_x86),
+        Int8ConvLayout(widen=CPUFacts.of(target).is_x86, quads=CPUFacts.of(target).vnni),
         PadConvChannels(lanes=min(CPUFacts.of(target).lanes("float32"), PAD_LANES)),
     ]
 

@@ -8,7 +8,9 @@ horizontal sums. Weights are packed at compile time as ``[KH, KW, IC/2, OC, 2]``
 
 A matmul runs the same way (``pair_dense``): a pair of the row's values broadcast against eight columns' weight
 pairs. The trained CNN's 784 -> 64 dense layer: 1.5 -> 1.2 us where the dot form summed each column
-horizontally; its ``w8a8-static`` build went 1.08x -> 1.13x of float, ``w8a8-dynamic`` 0.99x -> 1.02x.
+horizontally; its ``w8a8-static`` build went 1.08x -> 1.13x of float, ``w8a8-dynamic`` 0.99x -> 1.02x (on a
+Zen 4 host, before CPUs with VNNI took the quad kernel, ``x86_u8s8_quads``, for convs and matmuls whose input
+channels come in fours; the pair kernel is theirs for the rest, and every AVX2 CPU's).
 
 ``pair_conv2d`` and ``pair_dense`` are the TE computes; ``PAIR_KERNEL`` marks their blocks for ``cpu_rules``;
 ``PMADDWD_8x2`` is the tensor intrinsic the schedule tensorizes the innermost ``8 x 2`` with.

@@ -250,9 +250,9 @@ def test_report_lists_naive_functions():
     assert report.to_json()["rules"] == {"elementwise": 1, "naive": 2, "reduction-tile": 1}
 
 
-def _int8_conv_module(w):
+def _int8_conv_module(w, stride=1):
     def build(v):
-        return relax.op.nn.conv2d(v, relax.const(w), padding=1, out_dtype="int32")
+        return relax.op.nn.conv2d(v, relax.const(w), strides=stride, padding=1, out_dtype="int32")
 
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, w.shape[1], 10, 10), "int8"))
@@ -263,42 +263,56 @@ def _int8_conv_module(w):
     return bb.get()
 
 
-@pytest.mark.parametrize("out_channels, in_channels", [(24, 32), (32, 32), (12, 32), (42, 32), (16, 8)])
-def test_int8_conv_is_exact_and_uses_vpmaddwd_on_x86(out_channels, in_channels):
-    """8 input channels too (4 pairs: the trained CNN's 3x3 8 -> 16 conv), which the dot form would not take."""
-    w = RNG.integers(-127, 128, (out_channels, in_channels, 3, 3)).astype("int8")
-    x = RNG.integers(-127, 128, (1, in_channels, 10, 10)).astype("int8")
-    report = ScheduleReport()
-    executable = tvm.compile(_int8_conv_module(w), X86, relax_pipeline=relax_pipeline(X86, report))
-    actual = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-    expected = np_conv2d(x.astype(np.int64), w.astype(np.int64), 1, 1)
-    np.testing.assert_array_equal(actual, expected)
-    conv = {name: rule for name, rule in report.functions.items() if "conv2d" in name}
-    assert list(conv.values()) == ["reduction-tile"], report.functions
-    asm = "\n".join(sub.inspect_source("asm") for sub in executable.mod.imports)
-    if CPUFacts.of(X86).vector_bits >= 256:
-        # The pair kernel; output channels that fill no whole ymm register are padded with zero weights. Where the
-        # CPU has VNNI, LLVM fuses each vpmaddwd and its add into one vpdpwssd.
-        assert list(conv) == ["conv2d_int16_pairs0"]
-        assert ("vpdpwssd" if _has_vnni(X86) else "vpmaddwd") in asm
+ALDERLAKE = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "alderlake"})  # AVX-VNNI only
 
 
-def _has_vnni(target) -> bool:
+def _host_runs(target) -> bool:
+    """Whether this host can run code built for ``target``: its vector width and VNNI flavours."""
     from tvm.target import codegen
 
-    return bool(codegen.llvm_cpu_has_features("avxvnni", target)) or all(
-        codegen.llvm_cpu_has_features(feature, target) for feature in ("avx512vnni", "avx512vl")
+    features = ("avx512f", "avx2", "avxvnni", "avx512vnni", "avx512vl")
+    return all(
+        codegen.llvm_cpu_has_features(feature, X86) or not codegen.llvm_cpu_has_features(feature, target)
+        for feature in features
     )
 
 
-@pytest.mark.parametrize("target, instruction", [(AVX2, "vpmaddwd"), (AVX512, "vpdpwssd")])
-def test_int8_pair_kernel_instructions(target, instruction):
-    """AVX2's widening multiply-add, and VNNI's fused multiply-add-accumulate where the CPU has it (Zen 4, Ice
-    Lake and later): compiled only, so both are checked on any x86 host."""
-    w = RNG.integers(-127, 128, (24, 32, 3, 3)).astype("int8")
-    executable = tvm.compile(_int8_conv_module(w), target, relax_pipeline=relax_pipeline(target))
+@pytest.mark.parametrize(
+    "target, out_channels, in_channels, stride, kernel, instruction",
+    [
+        (AVX2, 24, 32, 1, "conv2d_int16_pairs", "vpmaddwd"),  # no VNNI: pairs of channels
+        (AVX2, 12, 32, 2, "conv2d_int16_pairs", "vpmaddwd"),
+        (AVX2, 16, 8, 1, "conv2d_int16_pairs", "vpmaddwd"),  # 4 pairs: the trained CNN's 3x3 8 -> 16 conv
+        (AVX512, 32, 32, 1, "conv2d_u8s8_quads", "vpdpbusd"),  # VNNI: quads of channels
+        (AVX512, 42, 32, 2, "conv2d_u8s8_quads", "vpdpbusd"),  # 42 channels padded to 48 and cropped
+        (AVX512, 16, 8, 1, "conv2d_u8s8_quads", "vpdpbusd"),
+        (AVX512, 16, 10, 1, "conv2d_int16_pairs", "vpdpwssd"),  # 10 channels: no quads, pairs (vpmaddwd + add)
+        (ALDERLAKE, 24, 16, 1, "conv2d_u8s8_quads", "vpdpbusd"),  # AVX-VNNI: the same instruction, VEX-encoded
+    ],
+)
+def test_int8_conv_on_x86_is_exact_and_uses_its_kernel(target, out_channels, in_channels, stride, kernel, instruction):
+    """The x86 int8 conv kernels against numpy, through 3x3 windows with padding: the quad kernel's unsigned
+    activations are ``x + 128`` and its padding 128, corrected by ``128 * sum(w)``; negative inputs check both.
+    Run where this host can, else compiled only (the instructions are checked either way)."""
+    w = RNG.integers(-127, 128, (out_channels, in_channels, 3, 3)).astype("int8")
+    x = RNG.integers(-127, 128, (1, in_channels, 10, 10)).astype("int8")
+    report = ScheduleReport()
+    executable = tvm.compile(_int8_conv_module(w, stride), target, relax_pipeline=relax_pipeline(target, report))
+    conv = {name: rule for name, rule in report.functions.items() if "conv2d" in name}
+    assert conv and set(conv.values()) == {"reduction-tile"} and all(kernel in name for name in conv), conv
     asm = "\n".join(sub.inspect_source("asm") for sub in executable.mod.imports)
     assert instruction in asm
+    if _host_runs(target):
+        actual = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+        np.testing.assert_array_equal(actual, np_conv2d(x.astype(np.int64), w.astype(np.int64), stride, 1))
+
+
+def test_host_int8_conv_takes_the_kernel_of_its_cpu():
+    w = RNG.integers(-127, 128, (24, 32, 3, 3)).astype("int8")
+    report = ScheduleReport()
+    tvm.compile(_int8_conv_module(w), X86, relax_pipeline=relax_pipeline(X86, report))
+    expected = "conv2d_u8s8_quads" if CPUFacts.of(X86).vnni else "conv2d_int16_pairs"
+    assert CPUFacts.of(X86).vector_bits < 256 or any(expected in name for name in report.functions), report.functions
 
 
 @pytest.mark.parametrize(
@@ -359,24 +373,28 @@ def _int8_dense(x: np.ndarray, w: np.ndarray, target) -> tuple[tvm.runtime.Execu
 
 
 @pytest.mark.parametrize(
-    "m, k, n, kernel",
+    "target, m, k, n, kernel, instruction",
     [
-        (1, 256, 40, "dense_int16_pairs"),  # 5 ymm registers of columns
-        (3, 784, 64, "dense_int16_pairs"),  # rows too, the trained CNN's layer
-        (1, 64, 10, "dense_int16_pairs"),  # 10 columns padded to 16 with zero weights, cropped
-        (2, 33, 24, "dense_dot"),  # odd K: no pairs, the dot form
+        (AVX2, 1, 256, 40, "dense_int16_pairs", "vpmaddwd"),  # 5 ymm registers of columns
+        (AVX2, 3, 784, 64, "dense_int16_pairs", "vpmaddwd"),  # rows too; the trained CNN's layer
+        (AVX2, 1, 64, 10, "dense_int16_pairs", "vpmaddwd"),  # 10 columns padded to 16 with zero weights, cropped
+        (AVX512, 1, 784, 64, "dense_u8s8_quads", "vpdpbusd"),  # VNNI: quads of K
+        (AVX512, 3, 64, 10, "dense_u8s8_quads", "vpdpbusd"),
+        (AVX512, 2, 66, 24, "dense_int16_pairs", "vpdpwssd"),  # K not a multiple of 4: pairs
+        (AVX512, 2, 33, 24, "dense_dot", None),  # odd K: no pairs, the dot form
     ],
 )
-def test_int8_dense_on_x86_is_exact_and_uses_pairs_where_k_is_even(m, k, n, kernel):
+def test_int8_dense_on_x86_is_exact_and_uses_its_kernel(target, m, k, n, kernel, instruction):
     w = RNG.integers(-127, 128, (k, n)).astype("int8")
     x = RNG.integers(-127, 128, (m, k)).astype("int8")
-    executable, report = _int8_dense(x, w, X86)
-    assert [rule for name, rule in report.functions.items() if kernel in name] == ["reduction-tile"], report.functions
-    actual = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-    np.testing.assert_array_equal(actual, x.astype(np.int64) @ w.astype(np.int64))
-    if kernel == "dense_int16_pairs" and CPUFacts.of(X86).vector_bits >= 256:
-        asm = "\n".join(sub.inspect_source("asm") for sub in executable.mod.imports)
-        assert ("vpdpwssd" if _has_vnni(X86) else "vpmaddwd") in asm
+    executable, report = _int8_dense(x, w, target)
+    dense = {name: rule for name, rule in report.functions.items() if "dense" in name}
+    assert dense and set(dense.values()) == {"reduction-tile"} and all(kernel in name for name in dense), dense
+    if instruction is not None:
+        assert instruction in "\n".join(sub.inspect_source("asm") for sub in executable.mod.imports)
+    if _host_runs(target):
+        actual = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+        np.testing.assert_array_equal(actual, x.astype(np.int64) @ w.astype(np.int64))
 
 
 def test_int8_dense_on_rpi5_is_a_dot_product():
