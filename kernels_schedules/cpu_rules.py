@@ -25,7 +25,7 @@ import numpy as np
 from tvm import ir, s_tir, tirx
 from tvm.target import Target
 
-from edgetvm.kernels_schedules.x86_int16_pairs import LANES as PAIR_LANES
+from edgetvm.kernels_schedules.channel_groups import LANES as PAIR_LANES
 from edgetvm.kernels_schedules.x86_int16_pairs import PAIR_KERNEL, PMADDWD_8x2
 from edgetvm.kernels_schedules.x86_u8s8_quads import QUAD_KERNEL, VPDPBUSD_8x4
 

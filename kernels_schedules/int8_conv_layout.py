@@ -11,7 +11,9 @@ still int8 quantization), which saves a ``vpmovsxbw`` per operand in the inner l
 compile time. Grouped and depthwise convs keep HWIO: their reduction has no input channels to run over. A matmul
 becomes ``dense_dot`` over the weight transposed to [N, K]. On x86, convs with an even number of input channels
 take the ``vpmaddwd`` pair kernel instead (``x86_int16_pairs``), from 8 of them, and so do matmuls with an even
-K (``pair_dense``).
+K (``pair_dense``); on CPUs with VNNI, those whose input channels (K) come in fours take the ``vpdpbusd`` quad
+kernel (``x86_u8s8_quads``), which reads the int8 activation as ``x + 128`` in uint8 and subtracts
+``128 * sum(w)`` per output channel from its result.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 
+from edgetvm.kernels_schedules.channel_groups import LANES
 from edgetvm.kernels_schedules.te_kernels import TEKernelRewriter, pad_output_channels
-from edgetvm.kernels_schedules.x86_int16_pairs import LANES, pair_conv2d, pair_dense
+from edgetvm.kernels_schedules.x86_int16_pairs import pair_conv2d, pair_dense
 from edgetvm.kernels_schedules.x86_u8s8_quads import ZERO_POINT, quad_conv2d, quad_dense
 
 # Below this many input channels (a network's first layer: 3) the dot loops are too short to vectorise and

@@ -18,84 +18,24 @@ channels come in fours; the pair kernel is theirs for the rest, and every AVX2 C
 
 from __future__ import annotations
 
-import tvm
-from tvm import te, topi
+from tvm import te
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
+from edgetvm.kernels_schedules.channel_groups import grouped_conv2d, grouped_dense, multiply_add_desc
+
 PAIR_KERNEL = "int16_pairs"  # block annotation "edgetvm.kernel"
 PMADDWD_8x2 = "edgetvm_avx2_pmaddwd_8x2"
-LANES = 8  # int32 accumulators in one ymm register
 
 
 def pair_conv2d(data: te.Tensor, packed: te.Tensor, strides, padding, out_channels: int | None = None) -> te.Tensor:
-    """NHWC int16 ``data`` x ``[KH, KW, IC/2, OC, 2]`` int16 ``packed`` -> NHWC int32.
-
-    ``out_channels`` below the packed OC (weights padded with zero channels to whole registers): the kernel
-    computes the padded channels and the result keeps the first ``out_channels``.
-    """
-    keep = out_channels
-    n, height, width, _ = data.shape
-    kh, kw, pairs, out_channels, _ = packed.shape
-    top, left, bottom, right = (int(p) for p in padding)
-    padded = topi.nn.pad(data, [0, top, left, 0], [0, bottom, right, 0], name="pad_temp")
-    sh, sw = (int(s) for s in strides)
-    out_h = (height + top + bottom - kh) // sh + 1
-    out_w = (width + left + right - kw) // sw + 1
-    ry = te.reduce_axis((0, kh), "ry")
-    rx = te.reduce_axis((0, kw), "rx")
-    rc = te.reduce_axis((0, pairs), "rc")
-    rk = te.reduce_axis((0, 2), "rk")
-    conv = te.compute(
-        (n, out_h, out_w, out_channels),
-        lambda b, y, x, o: te.sum(
-            padded[b, y * sh + ry, x * sw + rx, rc * 2 + rk].astype("int32")
-            * packed[ry, rx, rc, o, rk].astype("int32"),
-            axis=[ry, rx, rc, rk],
-        ),
-        name="conv2d_nhwc_pairs",
-        attrs={"edgetvm.kernel": PAIR_KERNEL},
-    )
-    if keep is None or keep == int(out_channels):
-        return conv
-    channels = tvm.tirx.const(keep, "int64")  # as LegalizeOps writes extents: FuseTIR matches buffers exactly
-    return te.compute((n, out_h, out_w, channels), lambda b, y, x, o: conv[b, y, x, o], name="conv2d_nhwc_pairs_crop")
+    """NHWC int16 ``data`` x ``[KH, KW, IC/2, OC, 2]`` int16 ``packed`` -> NHWC int32 (``grouped_conv2d``)."""
+    return grouped_conv2d(data, packed, strides, padding, out_channels, PAIR_KERNEL)
 
 
 def pair_dense(data: te.Tensor, packed: te.Tensor, out_features: int | None = None) -> te.Tensor:
-    """int16 ``data[M, K]`` x ``[K/2, N, 2]`` int16 ``packed`` -> int32 ``[M, N]``: a matmul as the pair kernel,
-    a pair of ``data``'s row broadcast against eight columns' weight pairs. ``out_features`` below the packed N
-    (weights padded with zero columns to whole registers): the result keeps the first ``out_features``."""
-    keep = out_features
-    pairs, out_features, _ = packed.shape
-    rc = te.reduce_axis((0, pairs), "rc")
-    rk = te.reduce_axis((0, 2), "rk")
-    dense = te.compute(
-        (data.shape[0], out_features),
-        lambda m, o: te.sum(data[m, rc * 2 + rk].astype("int32") * packed[rc, o, rk].astype("int32"), axis=[rc, rk]),
-        name="dense_pairs",
-        attrs={"edgetvm.kernel": PAIR_KERNEL},
-    )
-    if keep is None or keep == int(out_features):
-        return dense
-    columns = tvm.tirx.const(keep, "int64")
-    return te.compute((data.shape[0], columns), lambda m, o: dense[m, o], name="dense_pairs_crop")
-
-
-@T.prim_func(s_tir=True)
-def _pmaddwd_desc(
-    A: T.Buffer((2,), "int16", offset_factor=1),
-    B: T.Buffer((8, 2), "int16", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 2):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+    """int16 ``data[M, K]`` x ``[K/2, N, 2]`` int16 ``packed`` -> int32 ``[M, N]`` (``grouped_dense``)."""
+    return grouped_dense(data, packed, out_features, PAIR_KERNEL)
 
 
 @T.prim_func(s_tir=True)
@@ -117,4 +57,4 @@ def _pmaddwd_impl(
         )
 
 
-TensorIntrin.register(PMADDWD_8x2, _pmaddwd_desc, _pmaddwd_impl, override=True)
+TensorIntrin.register(PMADDWD_8x2, multiply_add_desc(2, "int16", "int16"), _pmaddwd_impl, override=True)

@@ -17,10 +17,11 @@ Weights are packed at compile time as ``[KH, KW, IC/4, OC, 4]`` (``[K/4, N, 4]``
 
 from __future__ import annotations
 
-import tvm
-from tvm import te, topi
+from tvm import te
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
+
+from edgetvm.kernels_schedules.channel_groups import grouped_conv2d, grouped_dense, multiply_add_desc
 
 QUAD_KERNEL = "u8s8_quads"  # block annotation "edgetvm.kernel"
 VPDPBUSD_8x4 = "edgetvm_avx512_vpdpbusd_8x4"
@@ -29,69 +30,14 @@ ZERO_POINT = 128  # the unsigned activation is x + 128
 
 def quad_conv2d(data: te.Tensor, packed: te.Tensor, strides, padding, out_channels: int | None = None) -> te.Tensor:
     """NHWC uint8 ``data`` (int8 activations + 128) x ``[KH, KW, IC/4, OC, 4]`` int8 ``packed`` -> NHWC int32,
-    without the ``128 * sum(w)`` correction. ``out_channels`` below the packed OC: the first ``out_channels``."""
-    keep = out_channels
-    n, height, width, _ = data.shape
-    kh, kw, quads, out_channels, _ = packed.shape
-    top, left, bottom, right = (int(p) for p in padding)
-    pad_value = tvm.tirx.const(ZERO_POINT, "uint8")  # an int8 zero
-    padded = topi.nn.pad(data, [0, top, left, 0], [0, bottom, right, 0], pad_value, name="pad_temp")
-    sh, sw = (int(s) for s in strides)
-    out_h = (height + top + bottom - kh) // sh + 1
-    out_w = (width + left + right - kw) // sw + 1
-    ry = te.reduce_axis((0, kh), "ry")
-    rx = te.reduce_axis((0, kw), "rx")
-    rc = te.reduce_axis((0, quads), "rc")
-    rk = te.reduce_axis((0, 4), "rk")
-    conv = te.compute(
-        (n, out_h, out_w, out_channels),
-        lambda b, y, x, o: te.sum(
-            padded[b, y * sh + ry, x * sw + rx, rc * 4 + rk].astype("int32")
-            * packed[ry, rx, rc, o, rk].astype("int32"),
-            axis=[ry, rx, rc, rk],
-        ),
-        name="conv2d_nhwc_quads",
-        attrs={"edgetvm.kernel": QUAD_KERNEL},
-    )
-    if keep is None or keep == int(out_channels):
-        return conv
-    channels = tvm.tirx.const(keep, "int64")  # as LegalizeOps writes extents: FuseTIR matches buffers exactly
-    return te.compute((n, out_h, out_w, channels), lambda b, y, x, o: conv[b, y, x, o], name="conv2d_nhwc_quads_crop")
+    without the ``128 * sum(w)`` correction; the padding holds 128, an int8 zero (``grouped_conv2d``)."""
+    return grouped_conv2d(data, packed, strides, padding, out_channels, QUAD_KERNEL, pad_value=ZERO_POINT)
 
 
 def quad_dense(data: te.Tensor, packed: te.Tensor, out_features: int | None = None) -> te.Tensor:
     """uint8 ``data[M, K]`` (int8 + 128) x ``[K/4, N, 4]`` int8 ``packed`` -> int32 ``[M, N]``, without the
-    correction; ``out_features`` below the packed N: the first ``out_features``."""
-    keep = out_features
-    quads, out_features, _ = packed.shape
-    rc = te.reduce_axis((0, quads), "rc")
-    rk = te.reduce_axis((0, 4), "rk")
-    dense = te.compute(
-        (data.shape[0], out_features),
-        lambda m, o: te.sum(data[m, rc * 4 + rk].astype("int32") * packed[rc, o, rk].astype("int32"), axis=[rc, rk]),
-        name="dense_quads",
-        attrs={"edgetvm.kernel": QUAD_KERNEL},
-    )
-    if keep is None or keep == int(out_features):
-        return dense
-    columns = tvm.tirx.const(keep, "int64")
-    return te.compute((data.shape[0], columns), lambda m, o: dense[m, o], name="dense_quads_crop")
-
-
-@T.prim_func(s_tir=True)
-def _vpdpbusd_desc(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((8, 4), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+    correction (``grouped_dense``)."""
+    return grouped_dense(data, packed, out_features, QUAD_KERNEL)
 
 
 @T.prim_func(s_tir=True)
@@ -114,4 +60,4 @@ def _vpdpbusd_impl(
         )
 
 
-TensorIntrin.register(VPDPBUSD_8x4, _vpdpbusd_desc, _vpdpbusd_impl, override=True)
+TensorIntrin.register(VPDPBUSD_8x4, multiply_add_desc(4, "uint8", "int8"), _vpdpbusd_impl, override=True)
