@@ -28,6 +28,7 @@ from tvm.target import Target
 from edgetvm.kernels_schedules.channel_groups import LANES as PAIR_LANES
 from edgetvm.kernels_schedules.x86_int16_pairs import PAIR_KERNEL, PMADDWD_8x2
 from edgetvm.kernels_schedules.x86_u8s8_quads import QUAD_KERNEL, VPDPBUSD_8x4
+from edgetvm.targets.presets import llvm_has_vnni
 
 # Kernels tiled as the pair kernel, and the tensor intrinsic of their innermost 8 lanes x (2 or 4) channels.
 PAIR_INTRINSICS = {PAIR_KERNEL: PMADDWD_8x2, QUAD_KERNEL: VPDPBUSD_8x4}
@@ -49,9 +50,7 @@ class CPUFacts:
         # LLVM's own "vector width" says 512 for AVX2-only CPUs such as znver3: ask for the ISA instead.
         triple = str(target.attrs.get("mtriple", "")) or codegen.llvm_get_system_triple()
         if triple.startswith(("x86_64", "i686")):
-            vnni = bool(codegen.llvm_cpu_has_features("avxvnni", target)) or all(
-                codegen.llvm_cpu_has_features(feature, target) for feature in ("avx512vnni", "avx512vl")
-            )
+            vnni = llvm_has_vnni(target)
             if codegen.llvm_cpu_has_features("avx512f", target):
                 return cls(512, 32, True, vnni)
             if codegen.llvm_cpu_has_features("avx2", target) or codegen.llvm_cpu_has_features("avx", target):

@@ -175,16 +175,20 @@ def quantize(
 
 
 def scheme_for_target(scheme: QuantScheme, target: TargetPreset) -> QuantScheme:
-    """``scheme`` as it quantizes for ``target``: a static scheme with the target's ``int8_min_input_channels`` when
-    it sets one (the manifest records the scheme so, and ``compare --per-layer`` rebuilds it from there).
+    """``scheme`` as it quantizes for ``target``: with the target's ``int8_min_input_channels`` (static schemes) or
+    ``int8_min_input_channels_dynamic`` (dynamic ones) when it sets one (the manifest records the scheme so, and
+    ``compare --per-layer`` rebuilds it from there).
 
-    Dynamic schemes keep their own: such a conv is near a network's float first layer, and quantizing it at run
-    time adds its input's ``max|x|`` and quantize passes and the scale kernels of its output's requantize (the
-    trained CNN's 8 -> 16 conv: 9 kernel launches became 12, and its ``w8a8-dynamic`` build went from 0.99x to
-    0.90x of float, where ``w8a8-static`` went from 0.97x to 1.09x).
+    The two differ because quantizing a narrow conv at run time costs more than its int8 kernel may gain: such a
+    conv is near a network's float first layer, and a dynamic one adds its input's ``max|x|`` and quantize passes
+    and the scale kernels of its output's requantize (the trained CNN's 8 -> 16 conv in the pair kernel: 9 kernel
+    launches became 12, and its ``w8a8-dynamic`` build went from 0.99x to 0.90x of float, where ``w8a8-static``
+    went from 0.97x to 1.09x).
     """
-    channels = target.int8_min_input_channels
-    if scheme.activation_mode != "static" or channels is None or channels == scheme.min_input_channels:
+    channels = {"static": target.int8_min_input_channels, "dynamic": target.int8_min_input_channels_dynamic}.get(
+        scheme.activation_mode
+    )
+    if channels is None or channels == scheme.min_input_channels:
         return scheme
     return dataclasses.replace(scheme, min_input_channels=channels)
 

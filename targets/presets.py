@@ -53,8 +53,13 @@ class TargetPreset:
         Replaces the static int8 schemes' ``min_input_channels`` here: the fewest input channels a one-group conv
         needs to be quantized. None keeps the scheme's (16: the dot-form kernels sum at least 16 channels). x86
         says 8: its ``vpmaddwd`` pair kernel needs only pairs of channels, and the trained CNN's 3x3 8 -> 16
-        conv, its heaviest layer, made its ``w8a8-static`` build 0.97x -> 1.09x of float. Dynamic schemes keep
-        their own (``pipeline.quantize.scheme_for_target`` says why).
+        conv, its heaviest layer, made its ``w8a8-static`` build 0.97x -> 1.09x of float. Dynamic schemes take
+        ``int8_min_input_channels_dynamic`` instead.
+    int8_min_input_channels_dynamic : int or None
+        The same for dynamic schemes (``pipeline.quantize.scheme_for_target`` says why they differ). x86 says 8
+        where the CPU has VNNI (``llvm_has_vnni``), whose ``vpdpbusd`` quad kernel makes the trained CNN's 8 -> 16
+        conv pay for its run-time quantize too (``w8a8-dynamic`` 1.07x -> 1.12x of float); None elsewhere: with
+        the pair kernel it went 0.99x -> 0.90x.
     """
 
     name: str
@@ -67,6 +72,7 @@ class TargetPreset:
     emulated_board: bool = False
     int8_depthwise: bool = True
     int8_min_input_channels: int | None = None
+    int8_min_input_channels_dynamic: int | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in _ARCHES:
@@ -79,11 +85,10 @@ class TargetPreset:
             raise TargetError(
                 f"target {self.name!r}: int8_depthwise must be true or false, got {self.int8_depthwise!r}"
             )
-        channels = self.int8_min_input_channels
-        if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool) or channels < 0):
-            raise TargetError(
-                f"target {self.name!r}: int8_min_input_channels must be null or an integer >= 0, got {channels!r}"
-            )
+        for name in ("int8_min_input_channels", "int8_min_input_channels_dynamic"):
+            channels = getattr(self, name)
+            if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool) or channels < 0):
+                raise TargetError(f"target {self.name!r}: {name} must be null or an integer >= 0, got {channels!r}")
 
     @property
     def is_host(self) -> bool:
@@ -142,19 +147,31 @@ _ARMV7_LLVM = {
 }
 
 
+def llvm_has_vnni(target) -> bool:
+    """Whether the ``tvm.target.Target`` has x86 VNNI on ymm registers: AVX512-VNNI with AVX512-VL, or AVX-VNNI
+    (``vpdpbusd``, the int8 quad kernel's instruction)."""
+    from tvm.target import codegen
+
+    return bool(codegen.llvm_cpu_has_features("avxvnni", target)) or all(
+        codegen.llvm_cpu_has_features(feature, target) for feature in ("avx512vnni", "avx512vl")
+    )
+
+
 def _host_preset() -> TargetPreset:
     import tvm
 
     cpu = tvm.target.codegen.llvm_get_system_cpu()
     cores = len(os.sched_getaffinity(0))
+    llvm = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": cpu, "num-cores": cores}
     return TargetPreset(
         name="x86",
         description=f"this host: x86_64 {cpu}, {cores} threads",
-        llvm={"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": cpu, "num-cores": cores},
+        llvm=llvm,
         arch="x86_64",
         threads=cores,
         int8_depthwise=False,  # AVX2 / AVX-512: see TargetPreset
         int8_min_input_channels=8,  # the vpmaddwd pair kernel: see TargetPreset
+        int8_min_input_channels_dynamic=8 if llvm_has_vnni(tvm.target.Target(llvm)) else None,  # the quad kernel
     )
 
 

@@ -56,6 +56,8 @@ def test_inline_json_and_file(tmp_path):
     assert resolve_target(json.dumps({**data, "int8_depthwise": False})).int8_depthwise is False
     assert resolve_target(json.dumps(data)).int8_min_input_channels is None  # the scheme's own
     assert resolve_target(json.dumps({**data, "int8_min_input_channels": 4})).int8_min_input_channels == 4
+    dynamic = resolve_target(json.dumps({**data, "int8_min_input_channels_dynamic": 8}))
+    assert (dynamic.int8_min_input_channels, dynamic.int8_min_input_channels_dynamic) == (None, 8)
     path = tmp_path / "t.json"
     path.write_text(json.dumps(data))
     assert resolve_target(str(path)).name == "myboard"
@@ -77,6 +79,11 @@ def test_inline_json_and_file(tmp_path):
         (
             '{"name": "a", "llvm": {"kind": "llvm"}, "arch": "aarch64", "threads": 1, "int8_min_input_channels": -1}',
             "int8_min_input_channels must be null or an integer >= 0, got -1",
+        ),
+        (
+            '{"name": "a", "llvm": {"kind": "llvm"}, "arch": "aarch64", "threads": 1, '
+            '"int8_min_input_channels_dynamic": "8"}',
+            "int8_min_input_channels_dynamic must be null or an integer >= 0, got '8'",
         ),
     ],
 )
