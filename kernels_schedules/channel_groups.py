@@ -10,11 +10,20 @@ the operand types, the padding value and the LLVM intrinsic.
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import te, topi
 from tvm.script import tirx as T
 
 LANES = 8  # int32 accumulators in one ymm register
+
+
+def pack_groups(weight: np.ndarray, group: int, dtype: str) -> np.ndarray:
+    """``weight[..., K, N]`` (HWIO, or a matmul's [K, N]) packed for the kernels: ``[..., K/group, N, group]``,
+    contiguous, in ``dtype``."""
+    *outer, reduced, columns = weight.shape
+    grouped = weight.reshape(*outer, reduced // group, group, columns)
+    return np.ascontiguousarray(np.swapaxes(grouped, -1, -2)).astype(dtype)
 
 
 def grouped_conv2d(

@@ -23,7 +23,7 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 
-from edgetvm.kernels_schedules.channel_groups import LANES
+from edgetvm.kernels_schedules.channel_groups import LANES, pack_groups
 from edgetvm.kernels_schedules.te_kernels import TEKernelRewriter, pad_output_channels
 from edgetvm.kernels_schedules.x86_int16_pairs import pair_conv2d, pair_dense
 from edgetvm.kernels_schedules.x86_u8s8_quads import ZERO_POINT, quad_conv2d, quad_dense
@@ -64,18 +64,13 @@ class Int8ConvLayout(TEKernelRewriter):
     def _quad_kernel(self, data, hwio: np.ndarray, attrs, out_channels: int) -> relax.Expr:
         """The x86 VNNI kernel (``x86_u8s8_quads``): the activation read as ``x + 128`` in uint8 (fused into the
         producer's quantize), and ``128 * sum(w)`` per output channel subtracted from its result."""
-        kh, kw, in_channels, padded_channels = hwio.shape
-        packed = hwio.reshape(kh, kw, in_channels // 4, 4, padded_channels).transpose(0, 1, 2, 4, 3)
-        unsigned = _unsigned(data)
+        packed = pack_groups(hwio, 4, "int8")
         strides = tuple(int(s) for s in attrs.strides)
         padding = tuple(int(p) for p in attrs.padding)
         acc = self.te_kernel(
             "conv2d_u8s8_quads",
             lambda x, w: quad_conv2d(x, w, strides, padding, out_channels),
-            [
-                (unsigned, data.ty.shape, "uint8"),
-                (relax.const(np.ascontiguousarray(packed).astype(np.int8)), packed.shape, "int8"),
-            ],
+            [(_unsigned(data), data.ty.shape, "uint8"), (relax.const(packed), packed.shape, "int8")],
             (strides, padding, out_channels),
         )
         return _corrected(acc, hwio[..., :out_channels].reshape(-1, out_channels), (1, 1, 1, -1))
@@ -84,15 +79,11 @@ class Int8ConvLayout(TEKernelRewriter):
         """``data[M, K] @ weight[K, N]`` as the VNNI kernel: weights packed ``[K/4, N, 4]``, N padded to whole ymm
         registers; corrected as the conv."""
         features = weight.shape[1]
-        padded = np.pad(weight, [(0, 0), (0, -features % LANES)])
-        packed = padded.reshape(weight.shape[0] // 4, 4, padded.shape[1]).transpose(0, 2, 1)
+        packed = pack_groups(pad_output_channels(weight, LANES), 4, "int8")
         acc = self.te_kernel(
             "dense_u8s8_quads",
             lambda x, w: quad_dense(x, w, features),
-            [
-                (_unsigned(data), data.ty.shape, "uint8"),
-                (relax.const(np.ascontiguousarray(packed).astype(np.int8)), packed.shape, "int8"),
-            ],
+            [(_unsigned(data), data.ty.shape, "uint8"), (relax.const(packed), packed.shape, "int8")],
             (features,),
         )
         return _corrected(acc, weight, (1, -1))
@@ -112,15 +103,11 @@ class Int8ConvLayout(TEKernelRewriter):
         """The x86 pair kernel of ``data[M, K] @ weight[K, N]``: weights packed ``[K/2, N, 2]``, N padded with zero
         columns to whole ymm registers."""
         features = weight.shape[1]
-        padded = np.pad(weight, [(0, 0), (0, -features % LANES)])
-        packed = padded.reshape(weight.shape[0] // 2, 2, padded.shape[1]).transpose(0, 2, 1)
+        packed = pack_groups(pad_output_channels(weight, LANES), 2, "int16")
         return self.te_kernel(
             "dense_int16_pairs",
             lambda x, w: pair_dense(x, w, features),
-            [
-                (relax.op.astype(data, "int16"), data.ty.shape, "int16"),
-                (relax.const(np.ascontiguousarray(packed).astype(np.int16)), packed.shape, "int16"),
-            ],
+            [(relax.op.astype(data, "int16"), data.ty.shape, "int16"), (relax.const(packed), packed.shape, "int16")],
             (features,),
         )
 
@@ -168,7 +155,7 @@ class Int8ConvLayout(TEKernelRewriter):
         ):
             return call
         hwio = weight.value.numpy()
-        kh, kw, in_channels, out_channels = hwio.shape
+        _, _, in_channels, out_channels = hwio.shape
         if (
             self.widen
             and in_channels % 2 == 0
@@ -180,8 +167,7 @@ class Int8ConvLayout(TEKernelRewriter):
             hwio = pad_output_channels(hwio, LANES)
             if self.quads and in_channels % 4 == 0 and self._both_int8(data, weight):
                 return self._quad_kernel(data, hwio, attrs, out_channels)
-            packed = hwio.reshape(kh, kw, in_channels // 2, 2, hwio.shape[3]).transpose(0, 1, 2, 4, 3)
-            return self._pair_kernel(data, np.ascontiguousarray(packed).astype(np.int16), attrs, out_channels)
+            return self._pair_kernel(data, pack_groups(hwio, 2, "int16"), attrs, out_channels)
         if in_channels < MIN_DOT_CHANNELS:
             return call
         ohwi = np.ascontiguousarray(hwio.transpose(3, 0, 1, 2))

@@ -22,6 +22,7 @@ PAD_LANES = 8
 
 
 def layout_passes(target: tvm.target.Target) -> list:
+    facts = CPUFacts.of(target)
     return [
         relax.transform.DecomposeOpsForInference(),
         ClipToMinMax(),
@@ -29,8 +30,8 @@ def layout_passes(target: tvm.target.Target) -> list:
         FoldAffine(),
         relax.transform.ConvertLayout(CONV_LAYOUTS),
         relax.transform.FoldConstant(),
-        Int8ConvLayout(widen=CPUFacts.of(target).is_x86, quads=CPUFacts.of(target).vnni),
-        PadConvChannels(lanes=min(CPUFacts.of(target).lanes("float32"), PAD_LANES)),
+        Int8ConvLayout(widen=facts.is_x86, quads=facts.vnni),
+        PadConvChannels(lanes=min(facts.lanes("float32"), PAD_LANES)),
     ]
 
 

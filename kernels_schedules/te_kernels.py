@@ -52,7 +52,8 @@ class TEKernelRewriter:
         return relax.call_tir(gvar, [expr for expr, _, _ in args], relax.TensorType(out_shape, out_dtype))
 
 
-def pad_output_channels(hwio: np.ndarray, multiple: int) -> np.ndarray:
-    """HWIO weights with zero output channels appended up to a multiple of ``multiple`` (whole vector registers)."""
-    missing = -hwio.shape[3] % multiple
-    return np.pad(hwio, [(0, 0), (0, 0), (0, 0), (0, missing)])
+def pad_output_channels(weight: np.ndarray, multiple: int) -> np.ndarray:
+    """``weight`` with zero output channels (its last axis: HWIO's O, a matmul's N) appended up to a multiple of
+    ``multiple`` (whole vector registers)."""
+    missing = -weight.shape[-1] % multiple
+    return np.pad(weight, [(0, 0)] * (weight.ndim - 1) + [(0, missing)])
