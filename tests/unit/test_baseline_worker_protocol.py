@@ -126,7 +126,7 @@ def test_an_unknown_session_lists_the_loaded_ones(worker, matmul_model):
 
 def test_quit_ends_the_worker_and_a_gone_worker_is_a_board_error(worker):
     worker.quit()
-    with pytest.raises(BoardError, match=r"the test worker (exited during 'hello': exit 0|: no answer to 'hello')"):
+    with pytest.raises(BoardError, match=r"the test worker( exited during 'hello': exit 0|: no answer to 'hello')"):
         worker.hello()
 
 
