@@ -555,3 +555,33 @@ def test_residuals_with_padded_channels_match_numpy():
     branch = np_conv2d(np.maximum(np_conv2d(x, w28, 1, 0), 0), w32, 2, 0)
     expected = np.maximum(branch + np.pad(pooled, ((0, 0), (0, 4), (0, 0), (0, 0))), 0)
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def _has_parallel_loop(func) -> bool:
+    scheduled, rule = schedule_function(func, AVX2)
+    assert rule == "reduction-tile"
+    return "T.parallel(" in scheduled.mod.script()
+
+
+@pytest.mark.parametrize("height, channels, parallel", [(12, 24, True), (6, 8, False)])
+def test_small_convs_over_large_maps_run_in_parallel(height, channels, parallel):
+    """PP-OCR's 3x3 stride-(2, 1) depthwise conv over 1x12x96x24 (124416 multiply-adds, below the conv threshold)
+    ran serially between two parallel kernels: it read the half of its input the other core had written, 10 us
+    on two threads against 5 on one. A map of 16384 elements or more keeps the cores' split; a small one does not
+    wake the pool."""
+    from tvm import te, topi
+
+    x = te.placeholder((1, height, 96, channels), "float32", name="x")
+    w = te.placeholder((3, 3, 1, channels), "float32", name="w")
+    y = topi.nn.group_conv2d_nhwc(x, w, (2, 1), (1, 1), (1, 1), channels)
+    assert _has_parallel_loop(te.create_prim_func([x, w, y])) == parallel
+
+
+def test_a_single_row_matmul_with_large_weights_runs_serially():
+    """The weights are not a map the cores share: a 1x784 by 784x64 matmul (the CNN's dense layer) stays serial,
+    where a parallel matrix-vector product was slower (10.4 -> 11.3 us for the whole CNN)."""
+    from tvm import te, topi
+
+    x = te.placeholder((1, 784), "float32", name="x")
+    w = te.placeholder((784, 64), "float32", name="w")
+    assert not _has_parallel_loop(te.create_prim_func([x, w, topi.matmul(x, w)]))
