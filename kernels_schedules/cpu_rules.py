@@ -587,6 +587,11 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
     return parallel
 
 
+def _reads_operands_as_stored(sch: s_tir.Schedule, anchor) -> bool:
+    """The pair/quad kernels' tensor intrinsics and the dot form read their operands as plain loads."""
+    return _kernel_of(sch, anchor) in PAIR_INTRINSICS or is_dot_form(sch, anchor)
+
+
 def _root_blocks(sch: s_tir.Schedule) -> list:
     return list(sch.get_child_blocks(sch.get_sblock("root")))
 
@@ -746,8 +751,9 @@ def apply_default_schedule(sch: s_tir.Schedule, target: Target) -> str:
         for producer in sch.get_producers(anchor):
             if _is_trivial_pad(sch, producer) or (inline_padding and _is_padding(sch, producer)):
                 sch.compute_inline(producer)
-            else:
+            elif _is_padding(sch, producer) or _reads_operands_as_stored(sch, anchor):
                 keep.add(sch.get(producer).name_hint)  # a padded input stays a separate, parallel copy
+            # else an elementwise producer (|x| under a per-channel max): inlined, read once in the reduction
         try_inline_all(sch, keep)
         tiled = sch.get_sref(schedule_reduction_tile(sch, anchor, facts))
         for block in _root_blocks(sch):

@@ -29,7 +29,7 @@ class PipelineOptions:
 def _w8a8_dynamic_pipeline(options: PipelineOptions) -> list:
     import tvm
 
-    from edgetvm.pipeline.passes import DynamicQuantize, DynamicRequantize
+    from edgetvm.pipeline.passes import DynamicGatedInput, DynamicQuantize, DynamicRequantize
 
     return [
         # 1. Fold constant subgraphs (e.g. a transposed Gemm weight) so that weights reach conv2d/matmul as constants.
@@ -41,7 +41,9 @@ def _w8a8_dynamic_pipeline(options: PipelineOptions) -> list:
         tvm.relax.transform.FoldConstant(),
         # 4. Between consecutive layers: int32 quantized straight to int8 with the run-time scale.
         DynamicRequantize(),
-        # 5. Quantize the (now int8) weights once at build time: fold what depends only on constants.
+        # 5. A layer input gated per channel (squeeze-excite) is scaled and quantized from the map before the gates.
+        DynamicGatedInput(),
+        # 6. Quantize the (now int8) weights once at build time: fold what depends only on constants.
         tvm.relax.transform.FoldConstant(),
     ]
 
