@@ -9,6 +9,14 @@ from tvm import relax
 from edgetvm.pipeline.calibration_stats import QMAX
 
 
+def mutate_main(mod: tvm.IRModule, mutator: type) -> tvm.IRModule:
+    """A copy of ``mod`` whose ``main`` went through ``mutator(main)`` (a ``PyExprMutator`` built from the function
+    it rewrites), then lost its dead bindings: what each graph pass that rewrites ``main`` returns."""
+    updated = mod.clone()
+    updated["main"] = mutator(mod["main"]).visit_expr(mod["main"])
+    return relax.transform.DeadCodeElimination(["main"])(updated)
+
+
 def op_name(expr: relax.Expr) -> str | None:
     """The operator's name when ``expr`` calls a Relax op (``relax.add``...), else None."""
     return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else None

@@ -28,7 +28,7 @@ import tvm
 from tvm import relax
 from tvm.script import relax as R
 
-from edgetvm.pipeline.passes.bindings import BoundValues, number, op_name
+from edgetvm.pipeline.passes.bindings import BoundValues, mutate_main, number, op_name
 
 _NON_NEGATIVE = ("relax.nn.relu", "relax.sigmoid")
 
@@ -38,9 +38,7 @@ class DynamicGatedInput:
     """Rewrite the scale and the quantize of each gated layer input (see the module docstring)."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        updated = mod.clone()
-        updated["main"] = _GatedInputRewriter(mod["main"]).visit_expr(mod["main"])
-        return relax.transform.DeadCodeElimination(["main"])(updated)
+        return mutate_main(mod, _GatedInputRewriter)
 
 
 @relax.expr_functor.mutator

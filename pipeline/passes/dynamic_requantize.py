@@ -44,7 +44,7 @@ import tvm
 from tvm import relax
 from tvm.script import relax as R
 
-from edgetvm.pipeline.passes.bindings import QMAX, BoundValues, float32_constant, number, op_name
+from edgetvm.pipeline.passes.bindings import QMAX, BoundValues, float32_constant, mutate_main, number, op_name
 
 _LAYOUT_OPS = ("relax.reshape", "relax.permute_dims")  # after the quantize: they need no channel axis
 _POOL = "relax.nn.max_pool2d"  # before the dequantize, on the accumulator
@@ -56,9 +56,7 @@ class DynamicRequantize:
     """Rewrite the run-time quantize of each layer input that follows another layer (see the module docstring)."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        updated = mod.clone()
-        updated["main"] = _DynamicRequantizer(mod["main"]).visit_expr(mod["main"])
-        return relax.transform.DeadCodeElimination(["main"])(updated)
+        return mutate_main(mod, _DynamicRequantizer)
 
 
 @dataclass(frozen=True)

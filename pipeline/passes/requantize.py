@@ -28,7 +28,7 @@ from tvm import relax
 from tvm.script import relax as R
 
 from edgetvm.pipeline.calibration_stats import QMAX
-from edgetvm.pipeline.passes.bindings import BoundValues, float32_constant, number, op_name
+from edgetvm.pipeline.passes.bindings import BoundValues, float32_constant, mutate_main, number, op_name
 from edgetvm.pipeline.passes.static_quantize import quantize_static
 
 # Ops that commute with quantization by a positive per-tensor scale: q(op(x)) == op(q(x)).
@@ -40,11 +40,7 @@ class Requantize:
     """Rewrite the quantize of each layer input that follows another layer (see the module docstring)."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        updated = mod.clone()
-        func = mod["main"]
-        rewritten = _Requantizer(func).visit_expr(func)
-        updated["main"] = rewritten
-        return relax.transform.DeadCodeElimination(["main"])(updated)
+        return mutate_main(mod, _Requantizer)
 
 
 @relax.expr_functor.mutator
