@@ -552,6 +552,11 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
         sch.reorder(*outer_loops, *reduction, *tile_loops)
     parallel = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
     sch.reverse_compute_at(epilogue, parallel)
+    # A second output computed from the epilogue's (a quantize joined by ``join_quantize_outputs``): in the tile too.
+    written = sch.get(epilogue).writes[0].source
+    also = [c for c in sch.get_consumers(epilogue) if _is_pointwise_consumer(sch, c, written)]
+    for consumer in also:
+        sch.reverse_compute_at(consumer, parallel)
     if _worth_parallel(work) or _map_elements(sch, anchor) >= ELEMENTWISE_PARALLEL_MIN:
         sch.parallel(parallel)
     vectorized = lane > 1
@@ -575,15 +580,16 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
         if extent is not None and extent <= 7:
             sch.unroll(loop)
     # The epilogue: vectorise its innermost axis.
-    epi_loops = sch.get_loops(epilogue)[1:]
-    if epi_loops and (_extent(sch, epi_loops[-1]) or 0) == tile_cols:
-        inner = epi_loops[-1]
-        epilogue_width = vector_width(tile_cols, facts.lanes(_dtype_of(sch, epilogue)))
-        partitioned = _vectorize_across_edges(sch, inner, epilogue_width, _padding_edges(sch, epilogue))
-        if partitioned is None and epilogue_width > 1:  # else vectorised around a residual's padded channels
-            if epilogue_width < tile_cols:
-                _, inner = sch.split(inner, [None, epilogue_width])
-            sch.vectorize(inner)
+    for block in [epilogue, *also]:
+        epi_loops = sch.get_loops(block)[1:]
+        if epi_loops and (_extent(sch, epi_loops[-1]) or 0) == tile_cols:
+            inner = epi_loops[-1]
+            epilogue_width = vector_width(tile_cols, facts.lanes(_dtype_of(sch, block)))
+            partitioned = _vectorize_across_edges(sch, inner, epilogue_width, _padding_edges(sch, block))
+            if partitioned is None and epilogue_width > 1:  # else vectorised around a residual's padded channels
+                if epilogue_width < tile_cols:
+                    _, inner = sch.split(inner, [None, epilogue_width])
+                sch.vectorize(inner)
     return parallel
 
 

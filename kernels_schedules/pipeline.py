@@ -11,6 +11,7 @@ from edgetvm.kernels_schedules.clip_to_min_max import ClipToMinMax
 from edgetvm.kernels_schedules.cpu_rules import CPUFacts
 from edgetvm.kernels_schedules.fold_affine import FoldAffine
 from edgetvm.kernels_schedules.int8_conv_layout import Int8ConvLayout
+from edgetvm.kernels_schedules.join_quantize_outputs import JoinQuantizeOutputs
 from edgetvm.kernels_schedules.pad_conv_channels import PadConvChannels
 from edgetvm.kernels_schedules.vectorizable_intrinsics import register as register_vectorizable_intrinsics
 
@@ -35,6 +36,13 @@ def layout_passes(target: tvm.target.Target) -> list:
     ]
 
 
+def fusion_passes(target: tvm.target.Target) -> list:
+    """TVM's legalization and fusion, with a layer's output and its quantize joined between FuseOps and FuseTIR."""
+    passes = cpu_generic.legalize_passes(target)
+    fuse_tir = next(i for i, p in enumerate(passes) if p.info.name == "FuseTIR")
+    return [*passes[:fuse_tir], JoinQuantizeOutputs(), *passes[fuse_tir:]]
+
+
 def relax_pipeline(target: tvm.target.Target, report: ScheduleReport | None = None, schedules: bool = True, tuned=None):
     """A module pass for ``tvm.compile(..., relax_pipeline=...)``.
 
@@ -51,7 +59,7 @@ def relax_pipeline(target: tvm.target.Target, report: ScheduleReport | None = No
             passes = cpu_generic.library_dispatch_passes(target)
             if schedules:
                 passes += layout_passes(target)
-            passes += cpu_generic.legalize_passes(target)
+            passes += fusion_passes(target) if schedules else cpu_generic.legalize_passes(target)
             if tuned is not None:
                 passes.append(tuned)
             if schedules:

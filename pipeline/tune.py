@@ -240,12 +240,12 @@ def scheduling_module(imported: ImportedModel, target: TargetPreset):
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-    from edgetvm.kernels_schedules.pipeline import layout_passes
+    from edgetvm.kernels_schedules.pipeline import fusion_passes, layout_passes
 
     tvm_target = target.tvm_target()
     with tvm_target:
         passes = cpu_generic.library_dispatch_passes(tvm_target) + layout_passes(tvm_target)
-        passes += cpu_generic.legalize_passes(tvm_target)
+        passes += fusion_passes(tvm_target)  # as the build fuses: the tuned functions are the built ones
         return tvm.transform.Sequential(passes)(imported.mod)
 
 
