@@ -148,8 +148,9 @@ def test_a_winner_timed_on_a_lucky_moment_is_timed_again_beside_the_default(tune
     assert task.name in done.re_timed and task.name not in done.unconfirmed
     times = [float(s) for r in database.get_top_k(workload, 1 << 20) for s in r.run_secs]
     assert 1e-9 not in times  # the lucky time is gone: every schedule ranks by its latest time
-    best = database.get_top_k(workload, 1)[0]
-    assert len(best.run_secs) == 2  # timed twice in the batch: (default, winner, winner, default)
+    # Timed twice in the batch (default, winner, winner, default). Which record ranks first is the host's noise:
+    # a candidate timed once by the seeding tune may beat both re-timings.
+    assert [r for r in database.get_top_k(workload, 1 << 20) if len(r.run_secs) == 2]
 
 
 def test_failed_candidates_are_recorded_as_failures_and_defaults_stay(tuned, tmp_path):
