@@ -19,6 +19,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from edgetvm.pipeline.passes.bindings import static_shape, use_counts
+
 _OUT_ELEMWISE_FUSABLE = 4  # TVM's OpPatternKind: kElemWise 0, kBroadcast 1, kInjective 2, kCommReduce 3, ...
 _INJECTIVE = 2
 
@@ -52,16 +54,17 @@ class _Joiner:
     def rewrite(self, func: relax.Function) -> relax.Function | None:
         if not isinstance(func.body, relax.SeqExpr):
             return None
-        blocks = [self._rewrite_block(block) for block in func.body.blocks]
+        uses = use_counts(func)
+        blocks = [self._rewrite_block(block, uses) for block in func.body.blocks]
         if all(new.same_as(old) for new, old in zip(blocks, func.body.blocks, strict=True)):
             return None
         return relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty, func.is_pure, func.attrs)
 
-    def _rewrite_block(self, block: relax.BindingBlock) -> relax.BindingBlock:
+    def _rewrite_block(self, block: relax.BindingBlock, uses: dict[relax.Var, int]) -> relax.BindingBlock:
         if not isinstance(block, relax.DataflowBlock):
             return block
         bindings = list(block.bindings)
-        pairs = self._pairs(bindings)  # producer index -> consumer index
+        pairs = self._pairs(bindings, uses)  # producer index -> consumer index
         if not pairs:
             return block
         joined_consumers = set(pairs.values())
@@ -80,12 +83,8 @@ class _Joiner:
             out.append(relax.VarBinding(consumer.var, relax.TupleGetItem(joined, 1)))
         return relax.DataflowBlock(out)
 
-    def _pairs(self, bindings: list[relax.Binding]) -> dict[int, int]:
+    def _pairs(self, bindings: list[relax.Binding], uses: dict[relax.Var, int]) -> dict[int, int]:
         defined_at = {b.var: i for i, b in enumerate(bindings)}
-        uses: dict[relax.Var, int] = {}
-        for binding in bindings:
-            for var in relax.analysis.free_vars(binding.value):
-                uses[var] = uses.get(var, 0) + 1
         pairs: dict[int, int] = {}
         taken: set[int] = set()
         for i, binding in enumerate(bindings):
@@ -131,8 +130,8 @@ class _Joiner:
         func = self._fused_callee(binding)
         if func is None or not any(a.same_as(value) for a in binding.value.args):
             return False
-        ty, source = binding.var.ty, value.ty
-        if not isinstance(ty, relax.TensorType) or _dims(ty) is None or _dims(ty) != _dims(source):
+        shape = static_shape(binding.var)
+        if shape is None or shape != static_shape(value):
             return False
         patterns = self._patterns(func)
         return bool(patterns) and max(patterns) <= _INJECTIVE
@@ -173,10 +172,3 @@ def join_functions(
     bindings.append(relax.VarBinding(out, result))
     body = relax.SeqExpr([relax.DataflowBlock(bindings)], out)
     return relax.Function([*producer.params, *extra], body, result.ty, True, producer.attrs)
-
-
-def _dims(ty: relax.TensorType) -> list[int] | None:
-    values = getattr(ty.shape, "values", None)
-    if values is None or not all(isinstance(d, tvm.tirx.IntImm) for d in values):
-        return None
-    return [int(d) for d in values]

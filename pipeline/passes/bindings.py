@@ -17,6 +17,17 @@ def mutate_main(mod: tvm.IRModule, mutator: type) -> tvm.IRModule:
     return relax.transform.DeadCodeElimination(["main"])(updated)
 
 
+def static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
+    """The dimensions of ``expr``'s tensor; None when it is not a tensor or a dimension is not a constant."""
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        return None
+    dims = getattr(ty.shape, "values", None)
+    if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+        return None
+    return tuple(int(d) for d in dims)
+
+
 def op_name(expr: relax.Expr) -> str | None:
     """The operator's name when ``expr`` calls a Relax op (``relax.add``...), else None."""
     return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else None

@@ -28,7 +28,7 @@ import tvm
 from tvm import relax
 from tvm.script import relax as R
 
-from edgetvm.pipeline.passes.bindings import BoundValues, mutate_main, number, op_name
+from edgetvm.pipeline.passes.bindings import BoundValues, mutate_main, number, op_name, static_shape
 
 _NON_NEGATIVE = ("relax.nn.relu", "relax.sigmoid")
 
@@ -87,7 +87,9 @@ def _gated_product(bound: BoundValues, value: relax.Expr) -> tuple[relax.Var, re
     for h, s in (value.args, reversed(value.args)):
         if not (isinstance(h, relax.Var) and isinstance(s, relax.Var)) or not _non_negative(bound, s):
             continue
-        h_shape, s_shape, shape = _static_shape(h), _static_shape(s), _static_shape(value)
+        if any(getattr(e.ty, "dtype", None) != "float32" for e in (h, s, value)):
+            continue
+        h_shape, s_shape, shape = static_shape(h), static_shape(s), static_shape(value)
         if h_shape is None or s_shape is None or h_shape != shape or len(s_shape) != len(h_shape):
             continue
         if any(g not in (1, d) for g, d in zip(s_shape, h_shape, strict=True)):
@@ -104,13 +106,3 @@ def _non_negative(bound: BoundValues, gate: relax.Var) -> bool:
         low = number(value.args[1])
         return low is not None and low >= 0
     return op_name(value) in _NON_NEGATIVE
-
-
-def _static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or ty.dtype != "float32" or ty.shape is None:
-        return None
-    dims = getattr(ty.shape, "values", None)
-    if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
-        return None
-    return tuple(int(d) for d in dims)

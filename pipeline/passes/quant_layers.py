@@ -15,6 +15,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from edgetvm.pipeline.passes.bindings import static_shape
+
 LAYER_OPS = {"relax.nn.conv2d": "conv2d", "relax.matmul": "matmul"}
 
 
@@ -99,16 +101,15 @@ def narrow_layers(mod: tvm.IRModule, min_input_channels: int) -> list[str]:
     return _conv_keys(mod, lambda groups, per_group: groups == 1 and per_group < min_input_channels)
 
 
-def _static_size(shape) -> int | None:
-    """Elements of a tensor of ``shape`` (a Relax shape), or None when the shape is not static."""
-    if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
-        return None
-    return int(np.prod([int(d) for d in shape]))
+def _static_size(expr: relax.Expr) -> int | None:
+    """Elements of ``expr``'s tensor, or None when its shape is not static."""
+    shape = static_shape(expr)
+    return None if shape is None else int(np.prod(shape))
 
 
 def layer_macs(call: relax.Call) -> int | None:
     """Multiply-adds of one run of a layer (conv2d or matmul), or None when its output shape is not static."""
-    outputs = _static_size(call.ty.shape)
+    outputs = _static_size(call)
     if outputs is None:
         return None
     weight = [int(d) for d in call.args[1].ty.shape]
@@ -147,7 +148,7 @@ def low_reuse_layers(mod: tvm.IRModule, min_macs_per_input: int) -> list[str]:
     keys: list[str] = []
 
     def visit(call: relax.Call, key: str) -> relax.Expr:
-        macs, inputs = layer_macs(call), _static_size(call.args[0].ty.shape)
+        macs, inputs = layer_macs(call), _static_size(call.args[0])
         if macs is not None and inputs is not None and key not in depthwise and macs < min_macs_per_input * inputs:
             keys.append(key)
         return call
