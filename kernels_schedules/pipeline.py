@@ -13,6 +13,7 @@ from edgetvm.kernels_schedules.fold_affine import FoldAffine
 from edgetvm.kernels_schedules.int8_conv_layout import Int8ConvLayout
 from edgetvm.kernels_schedules.join_quantize_outputs import JoinQuantizeOutputs
 from edgetvm.kernels_schedules.pad_conv_channels import PadConvChannels
+from edgetvm.kernels_schedules.unfold_columns_kernel import UnfoldColumnsKernel
 from edgetvm.kernels_schedules.vectorizable_intrinsics import register as register_vectorizable_intrinsics
 
 # Output channels innermost in activations and weights: what the register-tiled kernels vectorise over.
@@ -31,6 +32,7 @@ def layout_passes(target: tvm.target.Target) -> list:
         FoldAffine(),
         relax.transform.ConvertLayout(CONV_LAYOUTS),
         relax.transform.FoldConstant(),
+        UnfoldColumnsKernel(),
         Int8ConvLayout(widen=facts.is_x86, quads=facts.vnni),
         PadConvChannels(lanes=min(facts.lanes("float32"), PAD_LANES)),
     ]
