@@ -32,8 +32,8 @@ def layout_passes(target: tvm.target.Target) -> list:
         FoldAffine(),
         relax.transform.ConvertLayout(CONV_LAYOUTS),
         relax.transform.FoldConstant(),
-        UnfoldColumnsKernel(),
         Int8ConvLayout(widen=facts.is_x86, quads=facts.vnni),
+        UnfoldColumnsKernel(),  # after the int8 layout: the quads kernel's uint8 conversion moves before it too
         PadConvChannels(lanes=min(facts.lanes("float32"), PAD_LANES)),
     ]
 

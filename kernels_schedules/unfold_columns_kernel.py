@@ -13,12 +13,20 @@ quantize fused in ran lane by lane with the loads, slower than on its own. Match
 pattern ``UnfoldNarrowConv`` writes, with every intermediate used once, in NHWC, or in NCHW followed by the
 transpose ``ConvertLayout`` leaves before the conv (an ONNX model's first layer): that becomes a transpose of the
 smaller input and the NHWC kernel. Anything else is left as it is.
+
+The unfolded copy holds each input value KW / SW times (2.5 for BlazeFace). In an int8 build the quantize that
+follows it (scale, round, clip, cast, and on VNNI the shift to uint8), and in ``w8a8-dynamic`` the ``max|x|``
+its scale comes from, are elementwise with scalar operands: they run on the input instead, and the kernel copies
+their int8 result, filling the padding with what the ops make of the zero (128 for uint8) — the same values.
+The max reads the input when every input column is in some window (its padding adds nothing when the chain ends
+in ``maximum(., eps)``, else the fill joins the max). Runs after ``Int8ConvLayout``, whose uint8 shift it moves too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -29,7 +37,7 @@ from edgetvm.pipeline.passes.bindings import BoundValues, number, op_name, stati
 @dataclass(frozen=True)
 class ColumnUnfold:
     """What one unfold reads and writes: ``x``'s columns from ``-left``, ``kernel_width`` of them per output column
-    at ``stride``, ``output_width`` output columns of ``channels`` (``kernel_width * C`` and zero channels)."""
+    at ``stride``, ``output_width`` output columns of ``channels`` (``kernel_width * C`` and filled channels)."""
 
     left: int
     kernel_width: int
@@ -37,10 +45,19 @@ class ColumnUnfold:
     output_width: int
     channels: int
 
+    def coverage(self, width: int, channels: int) -> tuple[bool, bool]:
+        """``(every column of x is read, some lane is filled)`` for an input ``width`` x ``channels``."""
+        columns = {
+            ox * self.stride + kw - self.left for ox in range(self.output_width) for kw in range(self.kernel_width)
+        }
+        inside = columns & set(range(width))
+        return len(inside) == width, len(inside) < len(columns) or self.channels > self.kernel_width * channels
 
-def unfold_columns(x, unfold: ColumnUnfold):
+
+def unfold_columns(x, unfold: ColumnUnfold, fill: float = 0.0):
     """TE: ``x[N, H, W, C]`` -> ``[N, H, output_width, channels]``: per output column ``ox``, the run of
-    ``kernel_width * C`` values from column ``ox * stride - left`` of its row (zero in the padding), then zeros."""
+    ``kernel_width * C`` values from column ``ox * stride - left`` of its row (``fill`` in the padding), then
+    ``fill``."""
     from tvm import te, tirx
 
     n, height, width, c = (int(d) for d in x.shape)
@@ -49,10 +66,26 @@ def unfold_columns(x, unfold: ColumnUnfold):
     def value(b, y, ox, j):
         column = ox * unfold.stride + tirx.floordiv(j, c) - unfold.left
         inside = tirx.all(j < runs, column >= 0, column < width)
-        return tirx.if_then_else(inside, x[b, y, column, tirx.floormod(j, c)], tirx.const(0, x.dtype))
+        filler = tirx.const(int(fill) if "int" in str(x.dtype) else fill, x.dtype)
+        return tirx.if_then_else(inside, x[b, y, column, tirx.floormod(j, c)], filler)
 
     shape = [tirx.const(d, "int64") for d in (n, height, unfold.output_width, unfold.channels)]  # as LegalizeOps
     return te.compute(shape, value, name="unfold_columns")
+
+
+@dataclass(frozen=True)
+class _Moved:
+    """An unfold whose consumer chain (elementwise, scalar operands) runs before it, on ``x``: ``steps`` are the
+    chain's calls with the argument index of the chained tensor; ``fill`` what the padding becomes through them.
+    ``reduce``: the chain ends in a max over every axis, which then reads ``x``'s values (and ``fill``)."""
+
+    x: relax.Expr
+    unfold: ColumnUnfold
+    nchw: bool
+    steps: tuple[tuple[relax.Call, int], ...]
+    fill: float
+    reduce: relax.Call | None = None
+    filled: bool = False  # some lane of the unfold is fill: the max takes it too
 
 
 @mutator
@@ -60,29 +93,62 @@ class _Unfolder(PyExprMutator):
     def __init__(self, mod: tvm.IRModule, func: relax.Function):
         super().__init__(mod)
         bound = BoundValues(func)
+        values = relax.analysis.get_var2val(func)
+        consumers: dict[relax.Var, list[relax.Var]] = {}
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                for var in relax.analysis.free_vars(binding.value):
+                    consumers.setdefault(var, []).append(binding.var)
         self._unfolds: dict[relax.Call, tuple[relax.Expr, ColumnUnfold, bool]] = {}
+        self._moved: dict[relax.Call, _Moved] = {}  # the value of a chain's last binding (or its max) -> the chain
+        self._inputs: dict[relax.Expr, relax.Expr] = {}
         for block in func.body.blocks:
             for binding in block.bindings:
                 found = _match(bound, binding.value)
-                if found is not None:
-                    self._unfolds[binding.value] = found
-                    if op_name(binding.value) == "relax.nn.pad":  # the concat it pads is not an unfold of its own
-                        self._unfolds.pop(bound.of(binding.value.args[0]), None)
+                if found is None:
+                    continue
+                self._unfolds[binding.value] = found
+                if op_name(binding.value) == "relax.nn.pad":  # the concat it pads is not an unfold of its own
+                    self._unfolds.pop(bound.of(binding.value.args[0]), None)
+                for consumer in consumers.get(binding.var, []):
+                    moved = _chain(bound, values, consumers, binding.var, consumer, found)
+                    if moved is not None:
+                        self._moved[moved.steps[-1][0] if moved.reduce is None else moved.reduce] = moved
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
-        if call not in self._unfolds:
-            return super().visit_call_(call)
-        x, unfold, nchw = self._unfolds[call]
-        x = self.visit_expr(x)
-        if nchw:  # the input's transpose: a kernel over the C x W values, not the unfold's (KW * C) x (W / SW)
-            x = self.builder_.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
+        if call in self._moved:
+            moved = self._moved[call]
+            data = self._input(moved.x, moved.nchw)
+            for step, index in moved.steps:
+                args = [data if i == index else self.visit_expr(arg) for i, arg in enumerate(step.args)]
+                data = self.builder_.emit(relax.Call(step.op, args, step.attrs))
+            if moved.reduce is not None:
+                attrs = moved.reduce.attrs
+                data = relax.op.max(data, attrs.axis, attrs.keepdims)
+                return relax.op.maximum(data, relax.const(moved.fill, moved.reduce.ty.dtype)) if moved.filled else data
+            return self._unfold(data, moved.unfold, moved.fill, call.ty)
+        if call in self._unfolds:
+            x, unfold, nchw = self._unfolds[call]
+            return self._unfold(self._input(x, nchw), unfold, 0.0, call.ty)
+        return super().visit_call_(call)
+
+    def _input(self, x: relax.Expr, nchw: bool) -> relax.Expr:
+        """``x`` as the kernel reads it: NHWC (``permute_dims`` emitted once for an NCHW input)."""
+        if x not in self._inputs:
+            data = self.visit_expr(x)
+            if nchw:  # the input's transpose: a kernel over the C x W values, not the unfold's (KW * C) x (W / SW)
+                data = self.builder_.emit(relax.op.permute_dims(data, [0, 2, 3, 1]))
+            self._inputs[x] = data
+        return self._inputs[x]
+
+    def _unfold(self, data: relax.Expr, unfold: ColumnUnfold, fill: float, ty) -> relax.Expr:
         # int64 extents, as LegalizeOps writes them: FuseTIR requires a tensor's buffers to agree exactly.
-        placeholder = tvm.te.placeholder([tvm.tirx.const(d, "int64") for d in static_shape(x)], x.ty.dtype)
-        func = tvm.te.create_prim_func([placeholder, unfold_columns(placeholder, unfold)])
+        placeholder = tvm.te.placeholder([tvm.tirx.const(d, "int64") for d in static_shape(data)], data.ty.dtype)
+        func = tvm.te.create_prim_func([placeholder, unfold_columns(placeholder, unfold, fill)])
         # Opaque: an epilogue fused in is computed lane by lane with the loads (BlazeFace's quantize: 70 us against
         # 6 on its own), a producer once per run it appears in.
         gvar = self.builder_.add_func(func.with_attr("op_pattern", 8), "unfold_columns")
-        return relax.call_tir(gvar, [x], call.ty)
+        return relax.call_tir(gvar, [data], ty)
 
 
 def _match(bound: BoundValues, call: relax.Call) -> tuple[relax.Expr, ColumnUnfold, bool] | None:
@@ -125,6 +191,91 @@ def _match(bound: BoundValues, call: relax.Call) -> tuple[relax.Expr, ColumnUnfo
         return None
     unfold = ColumnUnfold(left, len(windows), windows[0][2], shape[w_axis], channels or shape[c_axis])
     return x, unfold, c_axis == 1
+
+
+# Elementwise ops that can run before the unfold: on the input's values they compute what they computed on the
+# unfolded copies; the padding's value goes through them too (``_fill``).
+_UNARY = {"relax.round": np.round, "relax.abs": np.abs, "relax.nn.relu": lambda v: np.maximum(v, 0)}
+_BINARY = {
+    "relax.add": np.add,
+    "relax.subtract": np.subtract,
+    "relax.multiply": np.multiply,
+    "relax.divide": np.divide,
+    "relax.maximum": np.maximum,
+    "relax.minimum": np.minimum,
+}
+_COMMUTATIVE = ("relax.add", "relax.multiply", "relax.maximum", "relax.minimum")
+
+
+def _chain(bound, values, consumers, unfolded: relax.Var, consumer: relax.Var, found) -> _Moved | None:
+    """The chain of elementwise bindings from ``consumer`` on that can run before the unfold ``unfolded``."""
+    x, unfold, nchw = found
+    x_shape = static_shape(x)
+    width, channels = (x_shape[3], x_shape[1]) if nchw else (x_shape[2], x_shape[3])
+    if np.prod(static_shape(unfolded)) <= np.prod(x_shape):
+        return None  # the unfold drops columns: the ops would do more work before it
+    steps, fill, var, current = [], 0.0, unfolded, consumer
+    while (step := _step(values.get(current), var, fill)) is not None:
+        steps.append((values[current], step[0]))
+        fill, var = step[1], current
+        if bound.uses.get(current, 0) != 1 or len(consumers.get(current, [])) != 1:
+            break
+        current = consumers[current][0]
+    if not steps:
+        return None
+    covered, filled = unfold.coverage(width, channels)
+    after = consumers.get(var, [])
+    if covered and bound.uses.get(var, 0) == 1 and len(after) == 1 and _max_over_all_axes(values.get(after[0])):
+        floored = _is_floor(steps[-1][0], fill)  # max(maximum(|x|, eps)) is eps or more: eps is no new candidate
+        return _Moved(x, unfold, nchw, tuple(steps), fill, values[after[0]], filled and not floored)
+    return _Moved(x, unfold, nchw, tuple(steps), fill)
+
+
+def _step(value: relax.Expr | None, data: relax.Var, fill: float) -> tuple[int, float] | None:
+    """``(index of data among value's arguments, the fill after value)`` when ``value`` is an elementwise op of
+    ``data`` and scalars, else None."""
+    name = op_name(value)
+    if name is None or static_shape(value) != static_shape(data):
+        return None
+    current = np.array(fill, dtype=str(data.ty.dtype))
+    if name == "relax.astype" or name in _UNARY:
+        if not value.args[0].same_as(data):
+            return None
+        result = _finite(current.astype(str(value.ty.dtype)) if name == "relax.astype" else _UNARY[name](current))
+        return None if result is None else (0, result)
+    if name not in _BINARY:
+        return None
+    for index in (0, 1) if name in _COMMUTATIVE else (0,):
+        other = value.args[1 - index]
+        if not value.args[index].same_as(data) or (static_shape(other) is None or np.prod(static_shape(other)) != 1):
+            continue
+        if isinstance(other, tvm.ir.GenericConst):
+            constant = other.value.numpy().reshape(())
+            operands = (current, constant) if index == 0 else (constant, current)
+            result = _finite(_BINARY[name](*operands))
+            return None if result is None else (index, result)
+        if name in ("relax.multiply", "relax.divide") and fill == 0.0:  # a runtime scale: 0 stays 0
+            return index, 0.0
+    return None
+
+
+def _is_floor(call: relax.Call, fill: float) -> bool:
+    """``call`` is ``maximum(v, fill)`` (its result never below ``fill``)."""
+    if op_name(call) != "relax.maximum":
+        return False
+    return any(isinstance(a, tvm.ir.GenericConst) and float(a.value.numpy().reshape(())) == fill for a in call.args)
+
+
+def _finite(value: np.ndarray) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def _max_over_all_axes(value: relax.Expr | None) -> bool:
+    if op_name(value) != "relax.max":
+        return False
+    axes = value.attrs.axis
+    rank = len(static_shape(value.args[0]) or ())
+    return axes is None or sorted(int(a) % rank for a in axes) == list(range(rank))
 
 
 def _column_slice(value: relax.Expr | None, w_axis: int) -> tuple[relax.Expr, int, int] | None:

@@ -92,3 +92,51 @@ def test_other_concats_of_column_slices_stay_as_they_are():
         bb.emit_func_output(out)
     ops = _ops(_laid_out(bb.get(), resolve_target("x86").tvm_target()))
     assert ops.count("relax.concat") == 2 and "unfold_columns" not in ops
+
+
+def _quantized_first_layer(scheme_name: str):
+    """BlazeFace's first layer (5x5 stride 2 over RGB, unfolded) quantized by ``scheme_name``, and its input."""
+    import dataclasses
+
+    from edgetvm.pipeline.calibration_stats import CalibrationMethod, CalibrationRanges, LayerRange
+    from edgetvm.pipeline.ingest import ImportedModel
+    from edgetvm.pipeline.quantize import quantize
+    from edgetvm.pipeline.schemes import get_scheme
+
+    mod = _conv_module("NHWC", (1, 64, 64, 3), 5, 2, [1, 1, 2, 2])
+    fields = {f.name: None for f in dataclasses.fields(ImportedModel)}
+    imported = ImportedModel(**{**fields, "path": "first-layer.tflite", "mod": mod})
+    x = RNG.uniform(-1, 1, (1, 64, 64, 3)).astype("float32")
+    ranges = CalibrationRanges(CalibrationMethod.MINMAX, 1, {"conv2d_0": LayerRange(-1.0, 1.0, 1.0)}, "")
+    scheme = get_scheme(scheme_name)
+    calibration = ranges if scheme.activation_mode == "static" else None
+    return quantize(imported, scheme, calibration=calibration).mod, x
+
+
+@pytest.mark.parametrize("scheme", ["w8a8-static", "w8a8-dynamic"])
+@pytest.mark.parametrize("target_name", ["x86", "rpi4"])
+def test_int8_builds_quantize_the_input_before_the_unfold(scheme, target_name):
+    """The quantize (and, dynamic, the max|x| its scale comes from) read the 64x64x3 input, not the 32x64x16
+    unfolded copy; the unfold copies int8 (uint8 for VNNI) values, the padding filled with the value zero takes."""
+    quantized, x = _quantized_first_layer(scheme)
+    target = resolve_target(target_name).tvm_target()
+    laid_out = _laid_out(quantized, target)
+    calls = {
+        binding.var: binding.value
+        for block in laid_out["main"].body.blocks
+        for binding in block.bindings
+        if isinstance(binding.value, relax.Call)
+    }
+    unfolds = [c for c in calls.values() if c.op.name == "relax.call_tir" and "unfold" in c.args[0].name_hint]
+    assert len(unfolds) == 1
+    unfold_input = unfolds[0].args[1].fields[0]
+    assert [int(d) for d in unfold_input.ty.shape] == [1, 64, 64, 3]
+    assert str(unfold_input.ty.dtype) in ("int8", "uint8")
+    full_maxes = [c for c in calls.values() if c.op.name == "relax.max"]
+    if scheme == "w8a8-dynamic":
+        assert [[int(d) for d in c.args[0].ty.shape] for c in full_maxes] == [[1, 64, 64, 3]]
+    if target_name == "x86":  # run it: the same numbers as TVM's own build of the quantized module
+        built = tvm.compile(quantized, target, relax_pipeline=relax_pipeline(target))
+        actual = relax.VirtualMachine(built, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+        plain = relax.VirtualMachine(tvm.compile(quantized, "llvm"), tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+        np.testing.assert_allclose(actual, plain, rtol=1e-5, atol=1e-5)
