@@ -9,6 +9,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from edgetvm.kernels_schedules.apply_schedules import ApplyCPUSchedules, ScheduleReport
 from edgetvm.kernels_schedules.clip_to_min_max import ClipToMinMax
 from edgetvm.kernels_schedules.cpu_rules import CPUFacts
+from edgetvm.kernels_schedules.flatten_into_weights import FlattenIntoWeights
 from edgetvm.kernels_schedules.fold_affine import FoldAffine
 from edgetvm.kernels_schedules.int8_conv_layout import Int8ConvLayout
 from edgetvm.kernels_schedules.join_quantize_outputs import JoinQuantizeOutputs
@@ -32,6 +33,7 @@ def layout_passes(target: tvm.target.Target) -> list:
         FoldAffine(),
         relax.transform.ConvertLayout(CONV_LAYOUTS),
         relax.transform.FoldConstant(),
+        FlattenIntoWeights(),
         Int8ConvLayout(widen=facts.is_x86, quads=facts.vnni),
         UnfoldColumnsKernel(),  # after the int8 layout: the quads kernel's uint8 conversion moves before it too
         PadConvChannels(lanes=min(facts.lanes("float32"), PAD_LANES)),
