@@ -31,6 +31,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from edgetvm.kernels_schedules.cpu_rules import ELEMENTWISE_PARALLEL_MIN
 from edgetvm.pipeline.passes.bindings import BoundValues, number, op_name, static_shape
 
 
@@ -63,14 +64,35 @@ def unfold_columns(x, unfold: ColumnUnfold, fill: float = 0.0):
     n, height, width, c = (int(d) for d in x.shape)
     runs = unfold.kernel_width * c
 
-    def value(b, y, ox, j):
-        column = ox * unfold.stride + tirx.floordiv(j, c) - unfold.left
-        inside = tirx.all(j < runs, column >= 0, column < width)
-        filler = tirx.const(int(fill) if "int" in str(x.dtype) else fill, x.dtype)
-        return tirx.if_then_else(inside, x[b, y, column, tirx.floormod(j, c)], filler)
+    filler = tirx.const(int(fill) if "int" in str(x.dtype) else fill, x.dtype)
 
-    shape = [tirx.const(d, "int64") for d in (n, height, unfold.output_width, unfold.channels)]  # as LegalizeOps
-    return te.compute(shape, value, name="unfold_columns")
+    def value(b, y, ox, j):
+        # The column test varies with ox (partitioned away inside the row, see ``scheduled_unfold``); the channel
+        # test only with the lane: a select, which stays a vector, where an if_then_else would scalarise the loop.
+        column = ox * unfold.stride + tirx.floordiv(j, c) - unfold.left
+        inside = tirx.if_then_else(tirx.all(column >= 0, column < width), x[b, y, column, tirx.floormod(j, c)], filler)
+        return tirx.Select(j < runs, inside, filler)
+
+    # int32 extents, as ``x``'s: LoopPartition leaves int64 loops whole. The kernel fuses with nothing, so its
+    # buffers need not match LegalizeOps' int64 ones.
+    return te.compute((n, height, unfold.output_width, unfold.channels), value, name="unfold_columns")
+
+
+def scheduled_unfold(x, unfold: ColumnUnfold, fill: float) -> tvm.tirx.PrimFunc:
+    """The kernel, scheduled: rows in parallel (from ``ELEMENTWISE_PARALLEL_MIN`` values), a vector per output
+    column, and the column loop partitioned where every lane's column is inside the row (BlazeFace's: columns
+    1-61 of 64), so those copy a contiguous run with one vector load. uint8: 6.5 -> 2.4 us, float 5.9 -> 4.6."""
+    from tvm import s_tir
+
+    out = unfold_columns(x, unfold, fill)
+    sch = s_tir.Schedule(tvm.te.create_prim_func([x, out]))
+    batch, rows, columns, lanes = sch.get_loops(sch.get_sblock("unfold_columns"))
+    fused = sch.fuse(batch, rows)
+    if np.prod([int(d) for d in out.shape]) >= ELEMENTWISE_PARALLEL_MIN:
+        sch.parallel(fused)
+    sch.annotate(columns, "pragma_loop_partition_hint", 1)
+    sch.vectorize(lanes)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
 @dataclass(frozen=True)
@@ -142,9 +164,8 @@ class _Unfolder(PyExprMutator):
         return self._inputs[x]
 
     def _unfold(self, data: relax.Expr, unfold: ColumnUnfold, fill: float, ty) -> relax.Expr:
-        # int64 extents, as LegalizeOps writes them: FuseTIR requires a tensor's buffers to agree exactly.
-        placeholder = tvm.te.placeholder([tvm.tirx.const(d, "int64") for d in static_shape(data)], data.ty.dtype)
-        func = tvm.te.create_prim_func([placeholder, unfold_columns(placeholder, unfold, fill)])
+        placeholder = tvm.te.placeholder([int(d) for d in static_shape(data)], data.ty.dtype)  # int32 extents
+        func = scheduled_unfold(placeholder, unfold, fill)
         # Opaque: an epilogue fused in is computed lane by lane with the loads (BlazeFace's quantize: 70 us against
         # 6 on its own), a producer once per run it appears in.
         gvar = self.builder_.add_func(func.with_attr("op_pattern", 8), "unfold_columns")
