@@ -619,3 +619,22 @@ def test_three_channel_maps_are_vectorised_across_columns():
     values = RNG.standard_normal((1, 64, 64, 3)).astype("float32")
     actual, _ = _run(_module(values.shape, lambda v: relax.op.max(relax.op.abs(v))), values)
     assert actual == np.abs(values).max()
+
+
+@pytest.mark.parametrize("shape, vectors", [((1, 2, 96, 200), 25), ((1, 3, 96, 88), 11), ((1, 3, 96, 48), 3)])
+def test_a_per_channel_mean_over_a_whole_map_keeps_its_channels_in_flight(shape, vectors):
+    """A squeeze-excite's mean reduces every pixel into one row of channels: one 8-lane vector per task was a
+    chain of 192 dependent adds (PP-OCR's 1x2x96x200: 3.5 us). The tile takes every channel that fits the
+    registers, each vector an independent chain, in one task where that is all of them."""
+    from tvm import te, topi
+
+    x = te.placeholder(shape, "float32", name="x")
+    scheduled, rule = schedule_function(te.create_prim_func([x, topi.sum(x, axis=[1, 2], keepdims=True)]), X86)
+    script = scheduled.mod.script()
+    assert rule == "reduction-tile"
+    (lanes,) = {int(n) for n in re.findall(r"T\.vectorized\((\d+)\)", script)}
+    assert lanes * vectors == shape[-1] and vectors in {int(n) for n in re.findall(r"T\.unroll\((\d+)\)", script)}
+    assert "T.parallel(" not in script
+    values = RNG.standard_normal(shape).astype("float32")
+    actual, _ = _run(_module(shape, lambda v: relax.op.mean(v, axis=[1, 2], keepdims=True)), values)
+    np.testing.assert_allclose(actual, values.mean(axis=(1, 2), keepdims=True), rtol=1e-5, atol=1e-6)
