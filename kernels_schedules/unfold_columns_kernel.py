@@ -115,7 +115,6 @@ class _Unfolder(PyExprMutator):
     def __init__(self, mod: tvm.IRModule, func: relax.Function):
         super().__init__(mod)
         bound = BoundValues(func)
-        values = relax.analysis.get_var2val(func)
         consumers: dict[relax.Var, list[relax.Var]] = {}
         for block in func.body.blocks:
             for binding in block.bindings:
@@ -133,7 +132,7 @@ class _Unfolder(PyExprMutator):
                 if op_name(binding.value) == "relax.nn.pad":  # the concat it pads is not an unfold of its own
                     self._unfolds.pop(bound.of(binding.value.args[0]), None)
                 for consumer in consumers.get(binding.var, []):
-                    moved = _chain(bound, values, consumers, binding.var, consumer, found)
+                    moved = _chain(bound, consumers, binding.var, consumer, found)
                     if moved is not None:
                         self._moved[moved.steps[-1][0] if moved.reduce is None else moved.reduce] = moved
 
@@ -215,7 +214,7 @@ def _match(bound: BoundValues, call: relax.Call) -> tuple[relax.Expr, ColumnUnfo
 
 
 # Elementwise ops that can run before the unfold: on the input's values they compute what they computed on the
-# unfolded copies; the padding's value goes through them too (``_fill``).
+# unfolded copies; the padding's value goes through them too (``_step``).
 _UNARY = {"relax.round": np.round, "relax.abs": np.abs, "relax.nn.relu": lambda v: np.maximum(v, 0)}
 _BINARY = {
     "relax.add": np.add,
@@ -228,7 +227,7 @@ _BINARY = {
 _COMMUTATIVE = ("relax.add", "relax.multiply", "relax.maximum", "relax.minimum")
 
 
-def _chain(bound, values, consumers, unfolded: relax.Var, consumer: relax.Var, found) -> _Moved | None:
+def _chain(bound: BoundValues, consumers, unfolded: relax.Var, consumer: relax.Var, found) -> _Moved | None:
     """The chain of elementwise bindings from ``consumer`` on that can run before the unfold ``unfolded``."""
     x, unfold, nchw = found
     x_shape = static_shape(x)
@@ -236,8 +235,8 @@ def _chain(bound, values, consumers, unfolded: relax.Var, consumer: relax.Var, f
     if np.prod(static_shape(unfolded)) <= np.prod(x_shape):
         return None  # the unfold drops columns: the ops would do more work before it
     steps, fill, var, current = [], 0.0, unfolded, consumer
-    while (step := _step(values.get(current), var, fill)) is not None:
-        steps.append((values[current], step[0]))
+    while (step := _step(bound.of(current, uses=None), var, fill)) is not None:
+        steps.append((bound.of(current, uses=None), step[0]))
         fill, var = step[1], current
         if bound.uses.get(current, 0) != 1 or len(consumers.get(current, [])) != 1:
             break
@@ -246,9 +245,10 @@ def _chain(bound, values, consumers, unfolded: relax.Var, consumer: relax.Var, f
         return None
     covered, filled = unfold.coverage(width, channels)
     after = consumers.get(var, [])
-    if covered and bound.uses.get(var, 0) == 1 and len(after) == 1 and _max_over_all_axes(values.get(after[0])):
+    reduce = bound.of(after[0], uses=None) if len(after) == 1 else None
+    if covered and bound.uses.get(var, 0) == 1 and _max_over_all_axes(reduce):
         floored = _is_floor(steps[-1][0], fill)  # max(maximum(|x|, eps)) is eps or more: eps is no new candidate
-        return _Moved(x, unfold, nchw, tuple(steps), fill, values[after[0]], filled and not floored)
+        return _Moved(x, unfold, nchw, tuple(steps), fill, reduce, filled and not floored)
     return _Moved(x, unfold, nchw, tuple(steps), fill)
 
 
@@ -315,7 +315,8 @@ def _zero_pad(pad: relax.Call) -> bool:
 
 @tvm.transform.module_pass(opt_level=0, name="UnfoldColumnsKernel")
 class UnfoldColumnsKernel:
-    """Replace each NHWC column unfold in ``main`` with one ``unfold_columns`` kernel (see the module docstring)."""
+    """Replace each column unfold in ``main`` with one ``unfold_columns`` kernel, the scalar elementwise ops after
+    it (and a max over them) moved before it onto the input (see the module docstring)."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         unfolder = _Unfolder(mod, mod["main"])
