@@ -119,6 +119,35 @@ def _is_pointwise_consumer(sch: s_tir.Schedule, consumer, buffer) -> bool:
     return True
 
 
+def _elements(buffer) -> int | None:
+    shape = buffer.shape
+    return int(np.prod([int(d) for d in shape])) if _static(shape) else None
+
+
+def _tail_before_broadcast(sch: s_tir.Schedule, anchor) -> object | None:
+    """The last of a chain of pointwise blocks on the anchor's output whose consumer broadcasts it over a larger
+    map, or None.
+
+    A squeeze-excite conv's gate (``clip(conv * a + b, 0, 1)`` over 1x1x1xC) multiplies the whole block input
+    (1xHxWxC): inlined into that product, the gate's cast, multiply-add and clip ran once per map element rather
+    than once per channel. Kept as a block of its own, it becomes the anchor's epilogue, computed once in the tile.
+    """
+    block, tail = anchor, None
+    while True:
+        buffer = sch.get(block).writes[0].source
+        consumers = sch.get_consumers(block)
+        if len(consumers) != 1:
+            return None
+        consumer = consumers[0]
+        if not _is_pointwise_consumer(sch, consumer, buffer):
+            break
+        block = tail = consumer
+    if tail is None or str(_block_kinds(sch, consumer)).strip("S"):
+        return None
+    written, out = (_elements(sch.get(b).writes[0].source) for b in (tail, consumer))
+    return tail if written is not None and out is not None and out > written else None
+
+
 def _epilogue(sch: s_tir.Schedule, anchor) -> object | None:
     """The anchor's single pointwise consumer (bias, activation, residual add... already inlined into one)."""
     consumers = sch.get_consumers(anchor)
@@ -794,6 +823,9 @@ def apply_default_schedule(sch: s_tir.Schedule, target: Target) -> str:
         anchor = reductions[0]
         keep = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
         keep.add(sch.get(anchor).name_hint)
+        tail = _tail_before_broadcast(sch, anchor)
+        if tail is not None:
+            keep.add(sch.get(tail).name_hint)
         inline_padding = _padding_inlines_well(sch, anchor, facts)
         for producer in sch.get_producers(anchor):
             if _is_trivial_pad(sch, producer) or (inline_padding and _is_padding(sch, producer)):

@@ -638,3 +638,28 @@ def test_a_per_channel_mean_over_a_whole_map_keeps_its_channels_in_flight(shape,
     values = RNG.standard_normal(shape).astype("float32")
     actual, _ = _run(_module(shape, lambda v: relax.op.mean(v, axis=[1, 2], keepdims=True)), values)
     np.testing.assert_allclose(actual, values.mean(axis=(1, 2), keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+def test_a_gate_broadcast_over_a_map_is_computed_once_per_channel():
+    """A squeeze-excite conv's gate (``clip(conv * a + b, 0, 1)`` over 1x1x1xC) multiplies the whole 1xHxWxC block
+    input: inlined into that product, the gate's multiply-add and clip ran for every map element (PP-OCR's
+    w8a8-static 1x2x96x200 gate kernel: 7.6 -> 4.4 us on one thread once computed per channel in the conv's tile)."""
+    from tvm import te, topi
+
+    s = te.placeholder((1, 1, 1, 50), "float32", name="s")
+    w = te.placeholder((1, 1, 50, 200), "float32", name="w")
+    b = te.placeholder((1, 1, 1, 200), "float32", name="b")
+    h = te.placeholder((1, 2, 96, 200), "float32", name="h")
+    conv = topi.nn.conv2d_nhwc(s, w, 1, 0, 1)
+    gate = topi.clip(topi.add(topi.multiply(conv, 0.2), b), 0.0, 1.0)
+    func = te.create_prim_func([s, w, b, h, topi.multiply(h, gate)])
+    scheduled, rule = schedule_function(func, X86)
+    assert rule == "reduction-tile"
+    map_block = re.search(r"T\.parallel\(.*", scheduled.mod.script(), re.S).group(0)
+    assert "T.max(" not in map_block and "T.min(" not in map_block, map_block  # the clip is not per element
+
+    args = [RNG.standard_normal([int(d) for d in t.shape]).astype("float32") for t in (s, w, b, h)]
+    out = tvm.runtime.tensor(np.zeros((1, 2, 96, 200), "float32"))
+    tvm.compile(scheduled.mod, X86)(*[tvm.runtime.tensor(a) for a in args], out)
+    expected = args[3] * np.clip((args[0].reshape(1, 50) @ args[1].reshape(50, 200)) * 0.2 + args[2], 0.0, 1.0)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
