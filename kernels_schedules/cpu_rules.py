@@ -449,8 +449,9 @@ def choose_pair_tile(rows_extent: int, cols_extent: int) -> TileChoice:
     return best
 
 
-def _tile_split(sch: s_tir.Schedule, loop, inner: int, max_inner: int) -> list:
-    """``split(loop, [None, inner])``, with ``inner`` a MetaSchedule decision among the loop's other tile sizes.
+def _tile_split(sch: s_tir.Schedule, loop, inner: int, max_inner: int) -> tuple:
+    """``(outer, inner loop, factor)`` of ``split(loop, [None, inner])``, with ``inner`` a MetaSchedule decision
+    among the loop's other tile sizes (``factor``: the decision's variable, or ``inner``).
 
     The candidates are the divisors of the extent from 2 to ``max_inner`` (no unit loop, whose absence would
     change the loops a replayed trace gets). A compile replays the default decision; the tuner's
@@ -458,15 +459,14 @@ def _tile_split(sch: s_tir.Schedule, loop, inner: int, max_inner: int) -> list:
     starts from the default schedule tries its neighbouring tiles.
     """
     extent = _extent(sch, loop)
-    if extent is None or inner == 1:
-        return sch.split(loop, [None, inner])
-    candidates = sorted({d for d in range(2, min(extent, max_inner) + 1) if extent % d == 0} | {inner})
-    if len(candidates) < 2:
-        return sch.split(loop, [None, inner])
-    factor = sch.sample_categorical(
-        candidates=candidates, probs=[1.0 / len(candidates)] * len(candidates), decision=candidates.index(inner)
-    )
-    return sch.split(loop, [None, factor])
+    divisors = range(2, min(extent, max_inner) + 1) if extent else ()
+    candidates = sorted({d for d in divisors if extent % d == 0} | {inner})
+    factor = inner
+    if inner != 1 and len(candidates) >= 2:
+        factor = sch.sample_categorical(
+            candidates=candidates, probs=[1.0 / len(candidates)] * len(candidates), decision=candidates.index(inner)
+        )
+    return (*sch.split(loop, [None, factor]), factor)
 
 
 def _iters(block, kind: int) -> list:
@@ -543,11 +543,12 @@ MAX_TILE_ROWS = 16  # how far tuning may grow a tile: rows (or dot-form columns)
 MAX_TILE_VECTORS = 6
 
 
-def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> object:
+def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts, reduced: tuple = ()) -> object:
     """The register-tiled kernel for conv2d / depthwise / matmul / pooling blocks (see the module docstring).
 
     In dot form (``is_dot_form``) the innermost reduction loop stays innermost and scalar in TIR, for LLVM to
     vectorise into widening multiply-adds; the tile's accumulators are then whole vectors of partial sums.
+    ``reduced``: full reductions of the epilogue's output (``_reduce_in_tile``).
     Returns the fused parallel loop, under which the anchor, its init and its epilogue now live.
     """
     kinds = _block_kinds(sch, anchor)
@@ -588,23 +589,35 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
     # Lanes: one vpmaddwd's 8 in the pair kernel, one hardware vector per instruction in float (LLVM scalarises
     # much of a 24- or 28-wide vector's arithmetic), none in dot form (LLVM vectorises its reduction).
     lane = PAIR_LANES if pairs else 1 if dot else vector_width(tile.cols, lanes)
+    # How the output's axes are cut: the inner split factors of each (none for an axis the tile leaves whole), and
+    # the axes in the order the parallel loop fuses their outer parts (``_reduce_in_tile`` cuts alike).
+    axes = len(spatial)
+    cuts: list[list] = [[] for _ in range(axes)]
     if lane > 1:
         c_all, c_lane = sch.split(cols_loop, [None, lane])
-        c_outer, c_vec = _tile_split(sch, c_all, tile.cols // lane, MAX_TILE_VECTORS)
+        c_outer, c_vec, vec_factor = _tile_split(sch, c_all, tile.cols // lane, MAX_TILE_VECTORS)
         col_loops = [c_vec, c_lane]
+        cuts[-1] = [vec_factor, lane]
     else:
-        c_outer, c_inner = _tile_split(sch, cols_loop, tile.cols, MAX_TILE_ROWS)
+        c_outer, c_inner, cols_factor = _tile_split(sch, cols_loop, tile.cols, MAX_TILE_ROWS)
         col_loops = [c_inner]
+        cuts[-1] = [cols_factor]
     outer = [loop for loop in spatial[:-1] if loop != rows_loop]
+    outer_axes = [i for i, loop in enumerate(spatial[:-1]) if loop != rows_loop]
     if rows_loop is not None:
-        r_outer, r_inner = _tile_split(sch, rows_loop, tile.rows, MAX_TILE_ROWS)
+        rows_axis = spatial.index(rows_loop)
+        r_outer, r_inner, rows_factor = _tile_split(sch, rows_loop, tile.rows, MAX_TILE_ROWS)
+        cuts[rows_axis] = [rows_factor]
         if _split_by_columns(rows_extent, _product(sch, outer)):
             outer_loops = [r_outer, *outer, c_outer]
+            axis_order = [rows_axis, *outer_axes, axes - 1]
         else:
             outer_loops = [*outer, r_outer, c_outer]
+            axis_order = [*outer_axes, rows_axis, axes - 1]
         tile_loops = [r_inner, *col_loops]
     else:
         outer_loops = [*outer, c_outer]
+        axis_order = [*outer_axes, axes - 1]
         tile_loops = col_loops
     tile_cols = int(np.prod([_extent(sch, loop) or 1 for loop in col_loops]))  # tile.cols unless tuning mutated it
     if dot and len(reduction) >= 2 and _window_row_is_contiguous(sch, anchor):
@@ -624,6 +637,9 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
     also = [c for c in sch.get_consumers(epilogue) if _is_pointwise_consumer(sch, c, written)]
     for consumer in also:
         sch.reverse_compute_at(consumer, parallel)
+    for block in reduced:
+        width = vector_width(tile_cols, facts.lanes(_dtype_of(sch, block)))
+        _reduce_in_tile(sch, block, parallel, cuts, axis_order, width)
     if (_worth_parallel(work) or _map_elements(sch, anchor) >= ELEMENTWISE_PARALLEL_MIN) and (
         _extent(sch, parallel) or 2
     ) > 1:
@@ -660,6 +676,60 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts) -> obj
                     _, inner = sch.split(inner, [None, epilogue_width])
                 sch.vectorize(inner)
     return parallel
+
+
+def _realize(sch: s_tir.Schedule, block):
+    """The block's ``SBlockRealize`` (its iteration variables' bindings), alone in its innermost loop."""
+    body = sch.get(sch.get_loops(block)[-1]).body
+    if not isinstance(body, s_tir.SBlockRealize):
+        raise s_tir.ScheduleError(f"{sch.get(block).name_hint} does not sit alone in its innermost loop")
+    return body
+
+
+def _reduce_in_tile(sch: s_tir.Schedule, block, parallel, cuts: list[list], axis_order: list[int], width: int):
+    """Compute a full reduction of the tile's output (``max(maximum(|y|, eps))``, the next layer's dynamic
+    quantization scale, joined by ``join_quantize_outputs``) in the tile, while ``y`` is in registers.
+
+    The reduction's loops over ``y``'s axes are cut as the tile's (``cuts``: the inner split factors of each axis,
+    ``axis_order``: the order the parallel loop fuses the outer parts in), so one partial result per parallel
+    iteration and vector lane, ``P[task, lane]``, reads exactly the tile the iteration wrote; ``P`` is reduced over
+    the tasks in vectors, then over the lanes. Raises ``s_tir.ScheduleError`` when the tile does not cut ``y``'s
+    axes as its own (the caller then reduces ``y`` after the tile).
+    """
+    loops = sch.get_loops(block)
+    if len(loops) != len(cuts):
+        raise s_tir.ScheduleError("the reduction's loops are not the tile's output axes")
+    pieces = [sch.split(loop, [None, *cut]) if cut else [loop] for loop, cut in zip(loops, cuts, strict=True)]
+    inner = [loop for piece in pieces for loop in piece[1:]]
+    last = (_extent(sch, inner[-1]) if inner else None) or 0
+    if last > width > 1 and last % width == 0:
+        inner[-1:] = sch.split(inner[-1], [None, width])
+    elif not 4 <= last <= width:
+        # one scalar chain of maxima per tile would cost more than the separate pass over y it replaces
+        raise s_tir.ScheduleError("the tile's columns do not make whole vectors")
+    outer = [pieces[axis][0] for axis in axis_order]
+    sch.reorder(*outer, *inner)
+    if len(outer) > 1:
+        sch.fuse(*outer)  # the partial results' task axis: the parallel loop's
+    by_lane = sch.rfactor(inner[-1], 0)  # by_lane[lane]: the maximum over all but the lane
+    partial = sch.rfactor(sch.get_loops(by_lane)[0], 0)  # partial[task, lane]
+    sch.reverse_compute_at(partial, parallel)
+    task = sch.get(parallel).loop_var
+    for reducing, besides in ((partial, task), (by_lane, None)):  # lanes innermost and vectorised
+        lane = _spatial_loop(sch, reducing, besides)
+        sch.reorder(*[loop for loop in sch.get_loops(reducing)[1:] if not _same(sch, loop, lane)], lane)
+        sch.vectorize(lane)
+
+
+def _spatial_loop(sch: s_tir.Schedule, block, besides) -> object:
+    """The loop that a spatial iteration variable of ``block`` (other than one bound to ``besides``) is bound to."""
+    realize = _realize(sch, block)
+    value = next(
+        value
+        for value, iv in zip(realize.iter_values, realize.block.iter_vars, strict=True)
+        if int(iv.iter_type) == tirx.IterVar.DataPar and (besides is None or not value.same_as(besides))
+    )
+    return next(loop for loop in sch.get_loops(block) if sch.get(loop).loop_var.same_as(value))
 
 
 def _reads_operands_as_stored(sch: s_tir.Schedule, anchor) -> bool:
@@ -819,25 +889,48 @@ def apply_default_schedule(sch: s_tir.Schedule, target: Target) -> str:
         try_inline_all(sch, keep={anchor_name})
         schedule_full_reduction(sch, sch.get_sblock(anchor_name), facts)
         return "full-reduction"
-    if len(reductions) == 1 and _loops_match_iters(sch, reductions[0]):
-        anchor = reductions[0]
-        keep = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
-        keep.add(sch.get(anchor).name_hint)
-        tail = _tail_before_broadcast(sch, anchor)
-        if tail is not None:
-            keep.add(sch.get(tail).name_hint)
-        inline_padding = _padding_inlines_well(sch, anchor, facts)
-        for producer in sch.get_producers(anchor):
-            if _is_trivial_pad(sch, producer) or (inline_padding and _is_padding(sch, producer)):
-                sch.compute_inline(producer)
-            elif _is_padding(sch, producer) or _reads_operands_as_stored(sch, anchor):
-                keep.add(sch.get(producer).name_hint)  # a padded input stays a separate, parallel copy
-            # else an elementwise producer (|x| under a per-channel max): inlined, read once in the reduction
-        try_inline_all(sch, keep)
-        tiled = sch.get_sref(schedule_reduction_tile(sch, anchor, facts))
-        for block in _root_blocks(sch):
-            if not _is_under(sch, block, tiled):
-                schedule_elementwise(sch, block, facts, _dtype_of(sch, block))
+    names = [sch.get(b).name_hint for b in reductions]
+    layers = [name for b, name in zip(reductions, names, strict=True) if "S" in _block_kinds(sch, b)]
+    if len(layers) == 1 and _loops_match_iters(sch, sch.get_sblock(layers[0])):
+        # A layer, with any full reductions of its output beside it (``join_quantize_outputs``): those computed in
+        # the tile where it cuts the output as ``_reduce_in_tile`` needs (tried on a copy first), else after it.
+        reduced = [name for name in names if name != layers[0]]
+        in_tile = bool(reduced)
+        if in_tile:
+            try:
+                _schedule_layer(sch.copy(), layers[0], reduced, facts, in_tile=True)
+            except s_tir.ScheduleError:
+                in_tile = False
+        _schedule_layer(sch, layers[0], reduced, facts, in_tile=in_tile)
         return "reduction-tile"
     schedule_generic(sch, facts)
     return "generic"
+
+
+def _schedule_layer(sch: s_tir.Schedule, anchor_name: str, reduced: list[str], facts: CPUFacts, in_tile: bool):
+    """The reduction-tile rule: the block ``anchor_name`` tiled with its padding and epilogue, the full reductions
+    named ``reduced`` (of the epilogue's output) computed in the tile (``in_tile``) or after it, the rest
+    elementwise."""
+    anchor = sch.get_sblock(anchor_name)
+    keep = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
+    keep.update([anchor_name, *reduced])
+    tail = _tail_before_broadcast(sch, anchor)
+    if tail is not None:
+        keep.add(sch.get(tail).name_hint)
+    inline_padding = _padding_inlines_well(sch, anchor, facts)
+    for producer in sch.get_producers(anchor):
+        if _is_trivial_pad(sch, producer) or (inline_padding and _is_padding(sch, producer)):
+            sch.compute_inline(producer)
+        elif _is_padding(sch, producer) or _reads_operands_as_stored(sch, anchor):
+            keep.add(sch.get(producer).name_hint)  # a padded input stays a separate, parallel copy
+        # else an elementwise producer (|x| under a per-channel max): inlined, read once in the reduction
+    try_inline_all(sch, keep)
+    blocks = tuple(sch.get_sblock(name) for name in reduced) if in_tile else ()
+    tiled = sch.get_sref(schedule_reduction_tile(sch, anchor, facts, blocks))
+    for block in _root_blocks(sch):
+        if _is_under(sch, block, tiled) or (in_tile and "R" in _block_kinds(sch, block)):
+            continue  # the tile, and the partial results' last reductions
+        if sch.get(block).name_hint in reduced:
+            schedule_full_reduction(sch, block, facts)
+        else:
+            schedule_elementwise(sch, block, facts, _dtype_of(sch, block))

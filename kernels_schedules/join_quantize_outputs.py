@@ -7,11 +7,16 @@ the conv writes ``y``, and a kernel of its own reads ``y`` back to write the int
 FuseTIR this pass joins the two fused functions into one with both outputs, ``(y, q)``; the default schedules
 compute the quantize in the conv's tile, right after the epilogue wrote it (``cpu_rules``).
 
+Dynamic quantization reads ``y`` once more before that: ``max(maximum(|y|, eps))``, the next layer's run-time
+scale, was a full-reduction kernel of its own reading the whole map back (BlazeFace's ``w8a8-dynamic`` has 18,
+2-5 us each on its larger maps). Joined the same way, the default schedules reduce each tile of ``y`` in
+registers as the epilogue writes it, one partial maximum per tile and lane, and the partials last.
+
 Matched, in one dataflow block: a call of a fused function that holds a conv2d / matmul (a TIR function of
 pattern ``kOutEWiseFusable``) and has one tensor result ``y`` with several users, and a later call of a fused
-elementwise function (every TIR function in it of pattern ``kInjective`` or simpler) that takes ``y``, whose
-result has ``y``'s shape, and whose other arguments exist before the first call. The joined call takes the first
-call's place.
+function that takes ``y`` and whose other arguments exist before the first call: either elementwise (every TIR
+function in it of pattern ``kInjective`` or simpler) with a result of ``y``'s shape, or a reduction of ``y`` alone
+to one value (of pattern ``kCommReduce`` or simpler). The joined call takes the first call's place.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from edgetvm.pipeline.passes.bindings import static_shape, use_counts
 
 _OUT_ELEMWISE_FUSABLE = 4  # TVM's OpPatternKind: kElemWise 0, kBroadcast 1, kInjective 2, kCommReduce 3, ...
 _INJECTIVE = 2
+_COMM_REDUCE = 3
 
 
 @tvm.transform.module_pass(opt_level=0, name="JoinQuantizeOutputs")
@@ -127,14 +133,18 @@ class _Joiner:
         return func is not None and isinstance(ty, relax.TensorType) and _OUT_ELEMWISE_FUSABLE in self._patterns(func)
 
     def _quantizes(self, binding: relax.Binding, value: relax.Var) -> bool:
+        """``binding`` quantizes ``value`` elementwise, or reduces ``value`` alone to its one-value scale."""
         func = self._fused_callee(binding)
         if func is None or not any(a.same_as(value) for a in binding.value.args):
             return False
         shape = static_shape(binding.var)
-        if shape is None or shape != static_shape(value):
-            return False
         patterns = self._patterns(func)
-        return bool(patterns) and max(patterns) <= _INJECTIVE
+        if shape is None or not patterns:
+            return False
+        if shape == static_shape(value):
+            return max(patterns) <= _INJECTIVE
+        inputs = [a for a in binding.value.args if isinstance(a, relax.Var)]
+        return len(shape) == 0 and max(patterns) == _COMM_REDUCE and len(inputs) == 1
 
     def _joined_call(self, producer: relax.VarBinding, consumer: relax.VarBinding) -> relax.Call:
         producer_args = list(producer.value.args)

@@ -663,3 +663,33 @@ def test_a_gate_broadcast_over_a_map_is_computed_once_per_channel():
     tvm.compile(scheduled.mod, X86)(*[tvm.runtime.tensor(a) for a in args], out)
     expected = args[3] * np.clip((args[0].reshape(1, 50) @ args[1].reshape(50, 200)) * 0.2 + args[2], 0.0, 1.0)
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def _layer_and_max_abs(shape, channels_last_tile: bool = True):
+    """A depthwise 3x3 + bias writing y, and max(maximum(|y|, eps)) of it: what ``join_quantize_outputs`` makes
+    of a float layer whose output the next layer quantizes at run time."""
+    from tvm import te, topi
+
+    x = te.placeholder(shape, "float32", name="x")
+    w = te.placeholder((3, 3, shape[-1], 1), "float32", name="w")
+    b = te.placeholder((shape[-1],), "float32", name="b")
+    y = topi.add(topi.nn.depthwise_conv2d_nhwc(x, w, 1, 1, 1), b)
+    m = topi.max(topi.maximum(topi.abs(y), T.float32(1e-12)))
+    return te.create_prim_func([x, w, b, y, m]), [shape, (3, 3, shape[-1], 1), (shape[-1],)]
+
+
+@pytest.mark.parametrize("shape, in_tile", [((1, 64, 64, 24), True), ((1, 16, 16, 88), True), ((1, 9, 9, 3), False)])
+def test_a_layer_output_s_max_abs_is_reduced_in_its_tile(shape, in_tile):
+    """The next layer's dynamic scale was a full-reduction kernel reading y back (BlazeFace's 1x64x64x24: 4.5 us,
+    18 of them): reduced in the tile as the epilogue writes it, one vector of partial maxima per tile. A tile
+    without whole vectors of columns reduces y after the tile instead (a chain of scalar maxima per tile)."""
+    func, shapes = _layer_and_max_abs(shape)
+    scheduled, rule = schedule_function(func, X86)
+    assert rule == "reduction-tile"
+    script = scheduled.mod.script()
+    nests = re.split(r"\n        for ", script)[1:]  # the function's outermost loops: the tile's first
+    assert ("T.fabs" in nests[0]) == in_tile, script
+    args = [RNG.standard_normal(s).astype("float32") for s in shapes]
+    y, m = tvm.runtime.tensor(np.zeros(shape, "float32")), tvm.runtime.tensor(np.zeros((), "float32"))
+    tvm.compile(scheduled.mod, X86)(*[tvm.runtime.tensor(a) for a in args], y, m)
+    assert float(m.numpy()) == np.abs(y.numpy()).max() > 0

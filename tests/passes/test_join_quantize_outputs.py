@@ -1,5 +1,6 @@
 """JoinQuantizeOutputs: a layer output that feeds both the next int8 layer and a residual add is written and
-quantized by one kernel, with the same numbers as the two kernels it replaces."""
+quantized by one kernel, and a float layer output that the next layer quantizes dynamically is written and reduced
+to its ``max|y|`` by one, with the same numbers as the two kernels each replaces."""
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from tvm.script import relax as R
 
 from edgetvm.kernels_schedules import pipeline as kernels_pipeline
 from edgetvm.pipeline.calibration_stats import CalibrationMethod, CalibrationRanges, LayerRange
-from edgetvm.pipeline.passes import Requantize, StaticQuantize
+from edgetvm.pipeline.passes import DynamicQuantize, Requantize, StaticQuantize
 
 X_SHAPE = (1, 8, 8, 8)
 HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
@@ -31,6 +32,22 @@ def _residual_block() -> tvm.IRModule:
     layers = {"conv2d_0": LayerRange(-4.0, 4.0, 4.0), "conv2d_1": LayerRange(-30.0, 30.0, 30.0)}
     ranges = CalibrationRanges(CalibrationMethod.MINMAX, 1, layers, "sha")
     return tvm.transform.Sequential([StaticQuantize(ranges), Requantize()])(bb.get())
+
+
+def _dynamic_block() -> tvm.IRModule:
+    """y = depthwise 3x3 over 16 channels + bias (float: x86 leaves depthwise convs float); out = 1x1 conv
+    (16 -> 16) of y quantized at run time: y is read by its max|y| reduction and by the quantize."""
+    rng = np.random.default_rng(1)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 16, 24, 24), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            weight = relax.const(rng.standard_normal((16, 1, 3, 3)).astype("float32"))
+            conv = R.nn.conv2d(x, weight, padding=[1] * 4, groups=16)
+            y = bb.emit(R.add(conv, relax.const(rng.standard_normal((1, 16, 1, 1)).astype("float32"))))
+            out = bb.emit_output(R.nn.conv2d(y, relax.const(rng.standard_normal((16, 16, 1, 1)).astype("float32"))))
+        bb.emit_func_output(out)
+    return DynamicQuantize(keep_float=frozenset({"conv2d_0"}))(bb.get())
 
 
 def _fused(mod: tvm.IRModule, join: bool) -> tvm.IRModule:
@@ -77,3 +94,25 @@ def test_joined_build_gives_the_same_numbers(monkeypatch):
 def test_joined_build_compiles_for_arm(target):
     target = tvm.target.Target(target)
     tvm.compile(_residual_block(), target=target, relax_pipeline=kernels_pipeline.relax_pipeline(target))
+
+
+def test_a_float_layer_output_and_its_dynamic_scale_are_one_kernel():
+    mod = _dynamic_block()
+    apart, joined = _kernel_calls(_fused(mod, join=False)), _kernel_calls(_fused(mod, join=True))
+    assert len(joined) == len(apart) - 1, (apart, joined)
+    (both,) = [ty for name, ty in joined.items() if name.endswith("_quantized")]
+    assert isinstance(both, relax.TupleType) and [len(f.shape) for f in both.fields] == [4, 0], both  # (y, max|y|)
+
+
+def test_a_joined_dynamic_scale_gives_the_same_numbers(monkeypatch):
+    mod = _dynamic_block()
+    joined = relax.VirtualMachine(
+        tvm.compile(mod, target=HOST, relax_pipeline=kernels_pipeline.relax_pipeline(HOST)), tvm.cpu()
+    )
+    monkeypatch.setattr(kernels_pipeline, "fusion_passes", cpu_generic.legalize_passes)
+    apart = relax.VirtualMachine(
+        tvm.compile(mod, target=HOST, relax_pipeline=kernels_pipeline.relax_pipeline(HOST)), tvm.cpu()
+    )
+    for seed in range(3):
+        x = tvm.runtime.tensor(np.random.default_rng(seed).standard_normal((1, 16, 24, 24)).astype("float32"))
+        np.testing.assert_array_equal(joined["main"](x).numpy(), apart["main"](x).numpy())
