@@ -407,10 +407,36 @@ def choose_tile(
     # Registers: rows x vectors accumulators, the vectors of weights every row multiplies, and the broadcast input.
     # Counting only the accumulators spilled on AVX-512: 7 x 4 zmm accumulators for 64 channels, where 4 x 4 run
     # a 3x3 64->64 conv 1.7-2.2x faster (56x56, 28x28).
+    if not shared_input:
+        return _unshared_tile(rows_extent, cols_extent, cols, lanes, facts)
     vectors = max(1, -(-cols // vector_width(cols, lanes)))
     max_rows = max(1, (facts.registers - vectors - 1) // vectors)
     rows = _pick(rows_extent, [r for r in (8, 7, 6, 5, 4, 3, 2) if r <= max_rows])
     return TileChoice(rows, cols)
+
+
+# Accumulators of a tile whose input is not shared across its columns (depthwise convs, pools). Such a tile loads
+# an input vector per multiply-add and, at the edges of the map, selects it against zero padding; LLVM needs
+# registers for both. PP-OCR's 5x5 depthwise convs, one thread, on AVX-512: over 1x3x96x48, 8 rows x 3 zmm
+# (24 accumulators) 15.8 us, 8 x 1 zmm 6.3; over 1x3x96x40, 8 x 5 ymm 19.3 us, 8 x 1 ymm 6.0; over 1x6x96x32,
+# 8 x 2 zmm 9.2 us, 4 x 2 zmm 4.7. On AVX2 (16 registers) the same eight: 4 left the 1x6x96x32 conv at 8.0 us
+# against 5.4-5.7 with 8 or 16, and 8 took the 1x6x96x24 3x3 from 10.9 us (24 ymm) to 3.4.
+UNSHARED_ACCUMULATORS = 8
+
+
+def _unshared_tile(rows_extent: int, cols_extent: int, cols: int, lanes: int, facts: CPUFacts) -> TileChoice:
+    """The tile with the most accumulators up to ``UNSHARED_ACCUMULATORS`` (fewer where the register file is
+    smaller), its columns either ``cols`` or one vector of them; on a tie, the wider."""
+    budget = min(UNSHARED_ACCUMULATORS, facts.registers // 2)
+    best, best_count = TileChoice(1, cols), 0
+    for width in sorted({cols, vector_width(cols_extent, lanes)}, reverse=True):
+        if width > cols_extent or cols_extent % width:
+            continue
+        vectors = max(1, -(-width // vector_width(width, lanes)))
+        rows = _pick(rows_extent, [r for r in (8, 7, 6, 5, 4, 3, 2) if r * vectors <= budget])
+        if rows * vectors > best_count:
+            best, best_count = TileChoice(rows, width), rows * vectors
+    return best
 
 
 def whole_map_columns(cols_extent: int, lanes: int, facts: CPUFacts) -> int:
