@@ -76,8 +76,9 @@ def test_the_layer_output_and_its_quantize_are_one_kernel():
     assert both.fields[1].dtype in ("int8", "uint8", "int16"), both  # the next layer's int8 (as its kernel reads it)
 
 
-def test_joined_build_gives_the_same_numbers(monkeypatch):
-    mod = _residual_block()
+@pytest.mark.parametrize("block, shape", [("residual", X_SHAPE), ("dynamic", (1, 16, 24, 24))])
+def test_joined_build_gives_the_same_numbers(monkeypatch, block, shape):
+    mod = {"residual": _residual_block, "dynamic": _dynamic_block}[block]()
     joined = relax.VirtualMachine(
         tvm.compile(mod, target=HOST, relax_pipeline=kernels_pipeline.relax_pipeline(HOST)), tvm.cpu()
     )
@@ -86,7 +87,7 @@ def test_joined_build_gives_the_same_numbers(monkeypatch):
         tvm.compile(mod, target=HOST, relax_pipeline=kernels_pipeline.relax_pipeline(HOST)), tvm.cpu()
     )
     for seed in range(3):
-        x = tvm.runtime.tensor(np.random.default_rng(seed).standard_normal(X_SHAPE).astype("float32"))
+        x = tvm.runtime.tensor(np.random.default_rng(seed).standard_normal(shape).astype("float32"))
         np.testing.assert_array_equal(joined["main"](x).numpy(), apart["main"](x).numpy())
 
 
@@ -102,17 +103,3 @@ def test_a_float_layer_output_and_its_dynamic_scale_are_one_kernel():
     assert len(joined) == len(apart) - 1, (apart, joined)
     (both,) = [ty for name, ty in joined.items() if name.endswith("_quantized")]
     assert isinstance(both, relax.TupleType) and [len(f.shape) for f in both.fields] == [4, 0], both  # (y, max|y|)
-
-
-def test_a_joined_dynamic_scale_gives_the_same_numbers(monkeypatch):
-    mod = _dynamic_block()
-    joined = relax.VirtualMachine(
-        tvm.compile(mod, target=HOST, relax_pipeline=kernels_pipeline.relax_pipeline(HOST)), tvm.cpu()
-    )
-    monkeypatch.setattr(kernels_pipeline, "fusion_passes", cpu_generic.legalize_passes)
-    apart = relax.VirtualMachine(
-        tvm.compile(mod, target=HOST, relax_pipeline=kernels_pipeline.relax_pipeline(HOST)), tvm.cpu()
-    )
-    for seed in range(3):
-        x = tvm.runtime.tensor(np.random.default_rng(seed).standard_normal((1, 16, 24, 24)).astype("float32"))
-        np.testing.assert_array_equal(joined["main"](x).numpy(), apart["main"](x).numpy())
