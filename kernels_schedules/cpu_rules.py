@@ -925,7 +925,7 @@ def apply_default_schedule(sch: s_tir.Schedule, target: Target) -> str:
         if in_tile:
             try:
                 _schedule_layer(sch.copy(), layers[0], reduced, facts, in_tile=True)
-            except s_tir.ScheduleError:
+            except Exception:  # any refusal on the copy (a primitive's, or a reduction not over the output)
                 in_tile = False
         _schedule_layer(sch, layers[0], reduced, facts, in_tile=in_tile)
         return "reduction-tile"
