@@ -12,7 +12,11 @@ next layer's input (``/ s``) add more of them. This pass
 2. collapses every chain of ``add`` / ``subtract`` / ``multiply`` with constants into ``x * a + b``, composing
    only through values used once (a value with other users is computed anyway, so later ops start from it);
 3. folds a per-output-channel ``a`` into the constant float weights of the conv2d / matmul that produced ``x``
-   (used only there), so the float epilogue is a bias add.
+   (used only there), so the float epilogue is a bias add;
+4. folds an ``a`` (with no ``b``) into the smaller operand of the product ``x = h * g`` that made ``x`` (used only
+   there; ``g`` broadcast over ``h``): a squeeze-excite gate times the map, quantized for the next int8 layer,
+   ``round(h * g * (1 / s))``, becomes ``round(h * (g / s))``, one multiply per map element fewer, the other on the
+   gate's few values (within an ulp before the rounding).
 
 The chain's constants are combined in float64 and stored in the chain's dtype. Run ``FoldConstant`` after it.
 """
@@ -81,7 +85,7 @@ class _AffineFolder(PyExprMutator):
         chain = self._chain_of(value)
         if chain is not None:
             self.chains[binding.var] = chain
-            collapses = chain.ops > 1 or op_name(value) == "relax.divide"
+            collapses = chain.ops > 1 or op_name(value) == "relax.divide" or self._into_product(chain) is not None
             if collapses and binding.var not in self.continued:  # else its one user takes the chain further
                 value = self._emit_chain(chain, str(binding.var.ty.dtype))
         name = binding.var.name
@@ -124,6 +128,11 @@ class _AffineFolder(PyExprMutator):
     def _emit_chain(self, chain: _Affine, dtype: str) -> relax.Expr:
         root, scale = self._fold_into_weights(chain.root, chain.scale)
         shift = chain.shift
+        operands = self._into_product(_Affine(root, scale, shift, chain.ops))
+        if operands is not None:
+            larger, smaller = operands
+            scaled = self.builder_.emit(relax.op.multiply(smaller, relax.const(scale.astype(dtype), dtype)))
+            return relax.op.multiply(larger, scaled)
         result = root
         if not np.all(scale == 1):
             product = relax.op.multiply(result, relax.const(scale.astype(dtype), dtype))
@@ -133,6 +142,30 @@ class _AffineFolder(PyExprMutator):
         if np.any(shift != 0) or result.same_as(chain.root):
             return relax.op.add(result, relax.const(shift.astype(dtype), dtype))
         return relax.op.add(result, relax.const(np.zeros((), dtype), dtype))  # keep a call: the binding needs one
+
+    def _into_product(self, chain: _Affine) -> tuple[relax.Expr, relax.Expr] | None:
+        """``(h, g)`` when the chain is ``x * a`` with ``x = h * g`` used only here and ``a`` fitting ``g``'s
+        shape, ``g`` the operand with fewer elements (step 4 of the module docstring)."""
+        original = self.origin.get(chain.root) if isinstance(chain.root, relax.Var) else None
+        if original is None or self.uses.get(original, 0) != 1 or np.any(chain.shift != 0):
+            return None
+        product = self.bound[original]
+        if op_name(product) != "relax.multiply" or any(_constant(arg) is not None for arg in product.args):
+            return None
+        shapes = [_shape(arg) for arg in product.args]
+        if None in shapes or str(product.ty.dtype) not in _FLOAT_DTYPES:
+            return None
+        sizes = [int(np.prod(shape)) for shape in shapes]
+        if sizes[0] == sizes[1]:
+            return None
+        larger, smaller = (0, 1) if sizes[0] > sizes[1] else (1, 0)
+        try:
+            fits = np.broadcast_shapes(shapes[smaller], chain.scale.shape) == shapes[smaller]
+        except ValueError:
+            fits = False
+        if not fits or shapes[larger] != _shape(product):
+            return None
+        return product.args[larger], product.args[smaller]
 
     def _fold_into_weights(self, root, scale: np.ndarray):
         """``conv2d(x, W) * a`` / ``matmul(x, W) * a`` with per-output-channel ``a`` -> the layer with ``W * a``."""

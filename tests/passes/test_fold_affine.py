@@ -112,3 +112,33 @@ def test_constant_minus_x_and_broadcast_shapes():
     assert _ops(folded) == ["exp", "multiply", "add"], _ops(folded)
     x = RNG.standard_normal((2, 3)).astype("float32")
     np.testing.assert_allclose(_run(folded, x), _run(mod, x), rtol=1e-6)
+
+
+def test_a_scale_after_a_gated_product_moves_onto_the_gate():
+    """``round(h * g / s)`` with a per-channel gate ``g`` (a squeeze-excite's, quantized for the next int8 layer):
+    the scale joins the gate's few values, one multiply per map element fewer; a product of equal shapes, or
+    followed by a shift too, keeps its form."""
+    bb = relax.BlockBuilder()
+    h = relax.Var("h", relax.TensorType([1, 2, 6, 8], "float32"))
+    with bb.function("main", [h]):
+        with bb.dataflow():
+            gate = bb.emit(relax.op.sigmoid(relax.op.mean(h, axis=[1, 2], keepdims=True)))
+            product = bb.emit(relax.op.multiply(h, gate))
+            scaled = bb.emit(relax.op.divide(product, _const(0.05)))
+            twice = bb.emit(relax.op.add(relax.op.multiply(relax.op.multiply(h, h), _const(2.0)), _const(1.0)))
+            out = bb.emit_output(relax.op.add(relax.op.round(scaled), twice))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    folded = _folded(mod)
+    products = [
+        b.value
+        for block in folded["main"].body.blocks
+        for b in block.bindings
+        if isinstance(b.value, relax.Call) and getattr(b.value.op, "name", "") == "relax.multiply"
+    ]
+    map_products = [p for p in products if [int(d) for d in p.ty.shape] == [1, 2, 6, 8]]
+    # h * (g * 20), h * h, (h * h) * 2: the gated product's scale is on the gate, the square's stays on the map
+    assert len(map_products) == 3 and any([int(d) for d in p.ty.shape] == [1, 1, 1, 8] for p in products), folded
+    x = RNG.standard_normal((1, 2, 6, 8)).astype("float32")
+    np.testing.assert_allclose(_run(folded, x), _run(mod, x), rtol=1e-5, atol=1.0)
+    assert np.mean(_run(folded, x) != _run(mod, x)) < 0.01  # rounding moves only at half steps
