@@ -216,8 +216,7 @@ def _map_elements(sch: s_tir.Schedule, block) -> int:
         for region in _input_regions(stmt)
         if any(_uses(axis.min, var) for axis in region.region for var in outer)
     ]
-    shapes = [region.source.shape for region in maps]
-    return max((int(np.prod([int(d) for d in shape])) for shape in shapes if _static(shape)), default=0)
+    return max((n for n in (_elements(region.source) for region in maps) if n is not None), default=0)
 
 
 def _worth_parallel(work: int) -> bool:
@@ -628,8 +627,8 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts, reduce
         c_outer, c_inner, cols_factor = _tile_split(sch, cols_loop, tile.cols, MAX_TILE_ROWS)
         col_loops = [c_inner]
         cuts[-1] = [cols_factor]
-    outer = [loop for loop in spatial[:-1] if loop != rows_loop]
     outer_axes = [i for i, loop in enumerate(spatial[:-1]) if loop != rows_loop]
+    outer = [spatial[i] for i in outer_axes]
     if rows_loop is not None:
         rows_axis = spatial.index(rows_loop)
         r_outer, r_inner, rows_factor = _tile_split(sch, rows_loop, tile.rows, MAX_TILE_ROWS)

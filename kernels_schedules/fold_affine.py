@@ -85,7 +85,8 @@ class _AffineFolder(PyExprMutator):
         chain = self._chain_of(value)
         if chain is not None:
             self.chains[binding.var] = chain
-            collapses = chain.ops > 1 or op_name(value) == "relax.divide" or self._into_product(chain) is not None
+            folds_into_product = self._into_product(chain.root, chain.scale, chain.shift) is not None
+            collapses = chain.ops > 1 or op_name(value) == "relax.divide" or folds_into_product
             if collapses and binding.var not in self.continued:  # else its one user takes the chain further
                 value = self._emit_chain(chain, str(binding.var.ty.dtype))
         name = binding.var.name
@@ -128,7 +129,7 @@ class _AffineFolder(PyExprMutator):
     def _emit_chain(self, chain: _Affine, dtype: str) -> relax.Expr:
         root, scale = self._fold_into_weights(chain.root, chain.scale)
         shift = chain.shift
-        operands = self._into_product(_Affine(root, scale, shift, chain.ops))
+        operands = self._into_product(root, scale, shift)
         if operands is not None:
             larger, smaller = operands
             scaled = self.builder_.emit(relax.op.multiply(smaller, relax.const(scale.astype(dtype), dtype)))
@@ -143,11 +144,11 @@ class _AffineFolder(PyExprMutator):
             return relax.op.add(result, relax.const(shift.astype(dtype), dtype))
         return relax.op.add(result, relax.const(np.zeros((), dtype), dtype))  # keep a call: the binding needs one
 
-    def _into_product(self, chain: _Affine) -> tuple[relax.Expr, relax.Expr] | None:
-        """``(h, g)`` when the chain is ``x * a`` with ``x = h * g`` used only here and ``a`` fitting ``g``'s
-        shape, ``g`` the operand with fewer elements (step 4 of the module docstring)."""
-        original = self.origin.get(chain.root) if isinstance(chain.root, relax.Var) else None
-        if original is None or self.uses.get(original, 0) != 1 or np.any(chain.shift != 0):
+    def _into_product(self, root, scale: np.ndarray, shift: np.ndarray) -> tuple[relax.Expr, relax.Expr] | None:
+        """``(h, g)`` when the chain is ``root * scale`` (no shift) with ``root = h * g`` used only here and
+        ``scale`` fitting ``g``'s shape, ``g`` the operand with fewer elements (step 4 of the module docstring)."""
+        original = self.origin.get(root) if isinstance(root, relax.Var) else None
+        if original is None or self.uses.get(original, 0) != 1 or np.any(shift != 0):
             return None
         product = self.bound[original]
         if op_name(product) != "relax.multiply" or any(_constant(arg) is not None for arg in product.args):
@@ -160,7 +161,7 @@ class _AffineFolder(PyExprMutator):
             return None
         larger, smaller = (0, 1) if sizes[0] > sizes[1] else (1, 0)
         try:
-            fits = np.broadcast_shapes(shapes[smaller], chain.scale.shape) == shapes[smaller]
+            fits = np.broadcast_shapes(shapes[smaller], scale.shape) == shapes[smaller]
         except ValueError:
             fits = False
         if not fits or shapes[larger] != _shape(product):
