@@ -32,6 +32,9 @@ from edgetvm.targets.presets import llvm_has_vnni
 
 # Kernels tiled as the pair kernel, and the tensor intrinsic of their innermost 8 lanes x (2 or 4) channels.
 PAIR_INTRINSICS = {PAIR_KERNEL: PMADDWD_8x2, QUAD_KERNEL: VPDPBUSD_8x4}
+# Multiply-adds one lane of their instruction does: their work in the float kernel's terms, over a small map
+# (see PARALLEL_MIN_WORK).
+MULTIPLY_ADDS_PER_LANE = {PAIR_KERNEL: 2, QUAD_KERNEL: 4}
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,14 @@ def _epilogue(sch: s_tir.Schedule, anchor) -> object | None:
 # Below this many loop iterations (multiply-adds, or elements) a kernel finishes before a thread pool wakes up:
 # waking TVM's pool costs tens of microseconds, and small CNN layers take less than that on one core.
 PARALLEL_MIN_WORK = 1 << 17
+# Over a map smaller than SMALL_MAP elements, the int8 pair and quad kernels count a multiply-add instruction's
+# lane as one unit of work (``MULTIPLY_ADDS_PER_LANE``): the trained CNN's 3x3 8 -> 16 quad conv over 14x14 (225
+# thousand multiply-adds, 56 thousand lanes, a 3136-element map) took 1.3 us on one thread, 2.3 us and more in
+# parallel on two; serial, its w8a8-static build went from 8.03 to 6.88 us (interleaved). Over larger maps the
+# kernels around it run in parallel too, and a serial one reads what the other core wrote: the PP-OCR
+# classifier's quad convs of 147-221 thousand multiply-adds over 9216-13824 elements, serial, made its
+# w8a8-dynamic build 4.5 us slower (243 -> 247 us, three interleaved runs).
+SMALL_MAP = 1 << 12
 # ...unless the kernel reads or writes a map of ELEMENTWISE_PARALLEL_MIN elements or more (``_map_elements``): run
 # serially between two parallel kernels, it reads the half of its input the other core wrote, through that core's
 # cache. The PP-OCR classifier's 3x3 stride-(2, 1) depthwise conv over 1x12x96x24 (124416 multiply-adds) took
@@ -453,8 +464,20 @@ def whole_map_columns(cols_extent: int, lanes: int, facts: CPUFacts) -> int:
     return choose_tile(1, cols_extent, lanes, facts).cols
 
 
-def choose_pair_tile(rows_extent: int, cols_extent: int) -> TileChoice:
-    """The ``vpmaddwd`` kernel's tile: the most multiply-adds per operand load within 12 accumulators.
+# A pair or quad kernel's accumulators are independent chains of ``vpmaddwd`` / ``vpdpbusd``, each instruction
+# waiting for the one before it in its chain (about 5 cycles, two issued a cycle on Zen 4): a tile of fewer than
+# eight leaves the multiply units idle. Where the most reuse within 12 accumulators gives fewer (the trained CNN's
+# 3x3 8 -> 16 conv over 14x14: 16 channels are 2 vectors, and 14 rows divide into 2 within 6, so 4 chains), the
+# tile may take three quarters of a larger register file (32 ymm with AVX-512: 7 rows x 2 vectors, 14 chains):
+# 1.57 -> 1.29 us on one thread. Raising the budget for every tile made half of the PP-OCR classifier's convs
+# slower (its 1x1 16 -> 88 over 3x96: 5.1 -> 5.7 us) and the other half faster.
+PAIR_ACCUMULATORS = 12
+PAIR_MIN_ACCUMULATORS = 8
+
+
+def choose_pair_tile(rows_extent: int, cols_extent: int, registers: int = 16) -> TileChoice:
+    """The ``vpmaddwd`` / ``vpdpbusd`` kernel's tile: the most multiply-adds per operand load within 12
+    accumulators, or within three quarters of ``registers`` where that leaves fewer than 8 (see above).
 
     Each step loads one weight vector per column vector and broadcasts one input pair per row, so a tile of
     ``rows x vectors`` does ``rows * vectors`` multiply-adds for ``rows + vectors`` loads. 24 output channels as
@@ -462,12 +485,21 @@ def choose_pair_tile(rows_extent: int, cols_extent: int) -> TileChoice:
     one thread).
     Rows divide their axis: a remainder would leave the tensorized loop under a predicate.
     """
+    tile = _most_reuse(rows_extent, cols_extent, PAIR_ACCUMULATORS)
+    if tile.rows * tile.cols // PAIR_LANES < PAIR_MIN_ACCUMULATORS:
+        wider = _most_reuse(rows_extent, cols_extent, max(PAIR_ACCUMULATORS, registers * 3 // 4))
+        if wider.rows * wider.cols > tile.rows * tile.cols:
+            return wider
+    return tile
+
+
+def _most_reuse(rows_extent: int, cols_extent: int, accumulators: int) -> TileChoice:
     best = TileChoice(1, PAIR_LANES)
     best_score = 0.0
     for vectors in (6, 5, 4, 3, 2, 1):
         if cols_extent % (vectors * PAIR_LANES):
             continue
-        rows = _pick(rows_extent, [r for r in range(12 // vectors, 0, -1)])
+        rows = _pick(rows_extent, [r for r in range(accumulators // vectors, 0, -1)])
         score = rows * vectors / (rows + vectors)
         if score > best_score:
             best, best_score = TileChoice(rows, vectors * PAIR_LANES), score
@@ -601,7 +633,9 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts, reduce
     pairs = intrinsic is not None
     if pairs:
         dot = False
-        tile = choose_pair_tile(rows_extent, cols_extent)
+        tile = choose_pair_tile(rows_extent, cols_extent, facts.registers)
+        if _map_elements(sch, anchor) < SMALL_MAP:
+            work //= MULTIPLY_ADDS_PER_LANE[_kernel_of(sch, anchor)]
     elif dot:
         tile = TileChoice(
             _pick(rows_extent, range(DOT_TILE.rows, 0, -1)), _pick(cols_extent, range(DOT_TILE.cols, 0, -1))

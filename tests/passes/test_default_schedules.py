@@ -593,6 +593,26 @@ def test_small_convs_over_large_maps_run_in_parallel(height, channels, parallel)
     assert _has_parallel_loop(te.create_prim_func([x, w, y])) == parallel
 
 
+@pytest.mark.parametrize("size, parallel, rows", [(14, False, 7), (28, True, 4)])
+def test_an_int8_quad_conv_over_a_small_map_runs_serially(size, parallel, rows):
+    """The trained CNN's 3x3 8 -> 16 quad conv over 14x14 (225 thousand multiply-adds, 3136 outputs) counts its
+    work in vpdpbusd lanes, four multiply-adds each, and does not wake the pool: 1.3 us on one thread, 2.3 and
+    more on two. The same conv over 28x28 does. Over 14x14 its tile is 7 rows x 2 vectors: 14 chains of vpdpbusd,
+    where the most reuse within 12 accumulators (2 rows) left 4; over 28x28, 4 rows in 12 are enough."""
+    from tvm import te
+
+    from edgetvm.kernels_schedules.x86_u8s8_quads import quad_conv2d
+
+    x = te.placeholder((1, size, size, 8), "uint8", name="x")
+    w = te.placeholder((3, 3, 2, 16, 4), "int8", name="w")
+    func = te.create_prim_func([x, w, quad_conv2d(x, w, (1, 1), (1, 1, 1, 1))])
+    scheduled, rule = schedule_function(func, AVX512)
+    assert rule == "reduction-tile"
+    script = scheduled.mod.script()
+    assert ("T.parallel(" in script) == parallel
+    assert f"T.unroll({rows})" in script
+
+
 def test_a_single_row_matmul_with_large_weights_runs_serially():
     """The weights are not a map the cores share: a 1x784 by 784x64 matmul (the CNN's dense layer) stays serial,
     where a parallel matrix-vector product was slower (10.4 -> 11.3 us for the whole CNN)."""

@@ -105,18 +105,21 @@ def test_the_mutator_declines_a_trace_without_decisions():
 
 
 @pytest.mark.parametrize(
-    ("rows", "channels", "expected"),
+    ("rows", "channels", "registers", "expected"),
     [
-        (64, 24, (4, 24)),  # 3 vectors x 4 rows: 12 multiply-adds per 7 loads
-        (16, 88, (8, 8)),  # 11 vectors: one at a time, 8 rows
-        (48, 16, (6, 16)),
-        (8, 96, (4, 24)),
+        (64, 24, 16, (4, 24)),  # 3 vectors x 4 rows: 12 multiply-adds per 7 loads
+        (16, 88, 16, (8, 8)),  # 11 vectors: one at a time, 8 rows
+        (48, 16, 16, (6, 16)),
+        (8, 96, 16, (4, 24)),
+        (64, 24, 32, (4, 24)),  # enough chains within 12 accumulators: the same tiles with 32 registers
+        (14, 16, 16, (2, 16)),  # 14 rows: 2 within 12 accumulators (4 chains), all 16 registers allow
+        (14, 16, 32, (7, 16)),  # ...and 7 rows x 2 vectors with 32: 14 chains (the trained CNN's 3x3 conv)
     ],
 )
-def test_pair_kernel_tiles_reuse_loads(rows, channels, expected):
-    tile = choose_pair_tile(rows, channels)
+def test_pair_kernel_tiles_reuse_loads(rows, channels, registers, expected):
+    tile = choose_pair_tile(rows, channels, registers)
     assert (tile.rows, tile.cols) == expected
-    assert tile.rows * tile.cols // 8 <= 12  # accumulators within the 16 ymm registers
+    assert tile.rows * tile.cols // 8 <= registers * 3 // 4  # accumulators, with room for the operands
 
 
 def test_the_climb_walks_to_the_fastest_tile_and_stops_there():
