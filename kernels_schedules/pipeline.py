@@ -9,6 +9,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from edgetvm.kernels_schedules.apply_schedules import ApplyCPUSchedules, ScheduleReport
 from edgetvm.kernels_schedules.clip_to_min_max import ClipToMinMax
 from edgetvm.kernels_schedules.cpu_rules import CPUFacts
+from edgetvm.kernels_schedules.duplicate_scalar_ops import DuplicateScalarOps
 from edgetvm.kernels_schedules.flatten_into_weights import FlattenIntoWeights
 from edgetvm.kernels_schedules.fold_affine import FoldAffine
 from edgetvm.kernels_schedules.int8_conv_layout import Int8ConvLayout
@@ -41,10 +42,11 @@ def layout_passes(target: tvm.target.Target) -> list:
 
 
 def fusion_passes(target: tvm.target.Target) -> list:
-    """TVM's legalization and fusion, with a layer's output and its quantize joined between FuseOps and FuseTIR."""
+    """TVM's legalization and fusion, with one-value operations copied for each user before it (for FuseOps to fuse
+    each copy into its user) and a layer's output and its quantize joined between FuseOps and FuseTIR."""
     passes = cpu_generic.legalize_passes(target)
     fuse_tir = next(i for i, p in enumerate(passes) if p.info.name == "FuseTIR")
-    return [*passes[:fuse_tir], JoinQuantizeOutputs(), *passes[fuse_tir:]]
+    return [DuplicateScalarOps(), *passes[:fuse_tir], JoinQuantizeOutputs(), *passes[fuse_tir:]]
 
 
 def relax_pipeline(target: tvm.target.Target, report: ScheduleReport | None = None, schedules: bool = True, tuned=None):
