@@ -494,6 +494,7 @@ def choose_pair_tile(rows_extent: int, cols_extent: int, registers: int = 16) ->
 
 
 def _most_reuse(rows_extent: int, cols_extent: int, accumulators: int) -> TileChoice:
+    """The tile with the most multiply-adds per operand load within ``accumulators`` vectors."""
     best = TileChoice(1, PAIR_LANES)
     best_score = 0.0
     for vectors in (6, 5, 4, 3, 2, 1):
