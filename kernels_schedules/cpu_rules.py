@@ -611,6 +611,7 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts, reduce
     """
     kinds = _block_kinds(sch, anchor)
     work = _work(sch, anchor)
+    map_elements = _map_elements(sch, anchor)
     dot = is_dot_form(sch, anchor)
     loops = sch.get_loops(anchor)
     spatial = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "S"]
@@ -635,7 +636,7 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts, reduce
     if pairs:
         dot = False
         tile = choose_pair_tile(rows_extent, cols_extent, facts.registers)
-        if _map_elements(sch, anchor) < SMALL_MAP:
+        if map_elements < SMALL_MAP:
             work //= MULTIPLY_ADDS_PER_LANE[_kernel_of(sch, anchor)]
     elif dot:
         tile = TileChoice(
@@ -700,9 +701,7 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts, reduce
     for block in reduced:
         width = vector_width(tile_cols, facts.lanes(_dtype_of(sch, block)))
         _reduce_in_tile(sch, block, parallel, cuts, axis_order, width)
-    if (_worth_parallel(work) or _map_elements(sch, anchor) >= ELEMENTWISE_PARALLEL_MIN) and (
-        _extent(sch, parallel) or 2
-    ) > 1:
+    if (_worth_parallel(work) or map_elements >= ELEMENTWISE_PARALLEL_MIN) and (_extent(sch, parallel) or 2) > 1:
         sch.parallel(parallel)
     vectorized = lane > 1
     if vectorized and not pairs:
