@@ -602,12 +602,15 @@ MAX_TILE_ROWS = 16  # how far tuning may grow a tile: rows (or dot-form columns)
 MAX_TILE_VECTORS = 6
 
 
-def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts, reduced: tuple = ()) -> object:
+def schedule_reduction_tile(
+    sch: s_tir.Schedule, anchor, facts: CPUFacts, reduced: tuple = (), operands: tuple = ()
+) -> object:
     """The register-tiled kernel for conv2d / depthwise / matmul / pooling blocks (see the module docstring).
 
     In dot form (``is_dot_form``) the innermost reduction loop stays innermost and scalar in TIR, for LLVM to
     vectorise into widening multiply-adds; the tile's accumulators are then whole vectors of partial sums.
-    ``reduced``: full reductions of the epilogue's output (``_reduce_in_tile``).
+    ``reduced``: full reductions of the epilogue's output (``_reduce_in_tile``); ``operands``: elementwise blocks
+    writing an operand the tile reads as stored (``_compute_in_tile``).
     Returns the fused parallel loop, under which the anchor, its init and its epilogue now live.
     """
     kinds = _block_kinds(sch, anchor)
@@ -682,6 +685,7 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts, reduce
         axis_order = [*outer_axes, axes - 1]
         tile_loops = col_loops
     tile_cols = int(np.prod([_extent(sch, loop) or 1 for loop in col_loops]))  # tile.cols unless tuning mutated it
+    channel_tiles = _extent(sch, c_outer)
     if dot and len(reduction) >= 2 and _window_row_is_contiguous(sch, anchor):
         # NHWC with OHWI weights: (kernel column, input channel) is one contiguous run in both operands,
         # so one longer dot loop replaces kw short ones (and their horizontal sums).
@@ -699,6 +703,12 @@ def schedule_reduction_tile(sch: s_tir.Schedule, anchor, facts: CPUFacts, reduce
     also = [c for c in sch.get_consumers(epilogue) if _is_pointwise_consumer(sch, c, written)]
     for consumer in also:
         sch.reverse_compute_at(consumer, parallel)
+    # An operand's producer (a quantize joined by ``quantize_in_consumer``) in the tile, on the pixels it reads,
+    # where one tile covers every output channel. With several, each would quantize the same pixels again: in
+    # every tile, PP-OCR's 88-200-channel layers gained nothing and BlazeFace's w8a8-dynamic lost 3%.
+    if channel_tiles == 1:
+        for block in operands:
+            _compute_in_tile(sch, block, parallel, facts)
     for block in reduced:
         width = vector_width(tile_cols, facts.lanes(_dtype_of(sch, block)))
         _reduce_in_tile(sch, block, parallel, cuts, axis_order, width)
@@ -989,9 +999,14 @@ def _schedule_layer(sch: s_tir.Schedule, anchor_name: str, reduced: list[str], f
         elif _is_padding(sch, producer) or _reads_operands_as_stored(sch, anchor):
             keep.add(sch.get(producer).name_hint)  # a padded input stays a separate, parallel copy
         # else an elementwise producer (|x| under a per-channel max): inlined, read once in the reduction
+    operands = []  # what writes a plain-load operand once a trivial pad is gone: a quantize (quantize_in_consumer)
+    if _reads_operands_as_stored(sch, anchor):
+        operands = [sch.get(p).name_hint for p in sch.get_producers(anchor) if not _is_padding(sch, p)]
+        keep.update(operands)
     try_inline_all(sch, keep)
     blocks = tuple(sch.get_sblock(name) for name in reduced) if in_tile else ()
-    tiled = sch.get_sref(schedule_reduction_tile(sch, anchor, facts, blocks))
+    operand_blocks = tuple(sch.get_sblock(name) for name in operands)
+    tiled = sch.get_sref(schedule_reduction_tile(sch, anchor, facts, blocks, operand_blocks))
     for block in _root_blocks(sch):
         if _is_under(sch, block, tiled) or (in_tile and "R" in _block_kinds(sch, block)):
             continue  # the tile, and the partial results' last reductions
@@ -999,6 +1014,23 @@ def _schedule_layer(sch: s_tir.Schedule, anchor_name: str, reduced: list[str], f
             schedule_full_reduction(sch, block, facts)
         else:
             schedule_elementwise(sch, block, facts, _dtype_of(sch, block))
+
+
+def _compute_in_tile(sch: s_tir.Schedule, block, loop, facts: CPUFacts) -> None:
+    """The elementwise ``block``, which writes an operand of the tile under ``loop``, computed in that tile:
+    the input rows and columns the tile reads, vectorised along channels. Left where it is (then scheduled as an
+    elementwise kernel) when ``compute_at`` refuses (its checks come before it changes anything)."""
+    try:
+        sch.compute_at(block, loop)
+    except s_tir.ScheduleError:
+        return
+    inner = sch.get_loops(block)[-1]
+    extent = _extent(sch, inner) or 0
+    lanes = vector_width(extent, facts.lanes(_dtype_of(sch, block))) if extent else 1
+    if lanes > 1 and extent == lanes:
+        sch.vectorize(inner)
+    elif lanes > 1:
+        sch.vectorize(sch.split(inner, [None, lanes])[1])
 
 
 # A map reduced to one value per channel (a squeeze-excite block's mean, the per-channel max|h| of a gated layer's

@@ -15,6 +15,7 @@ from edgetvm.kernels_schedules.fold_affine import FoldAffine
 from edgetvm.kernels_schedules.int8_conv_layout import Int8ConvLayout
 from edgetvm.kernels_schedules.join_quantize_outputs import JoinQuantizeOutputs
 from edgetvm.kernels_schedules.pad_conv_channels import PadConvChannels
+from edgetvm.kernels_schedules.quantize_in_consumer import QuantizeInConsumer
 from edgetvm.kernels_schedules.unfold_columns_kernel import UnfoldColumnsKernel
 from edgetvm.kernels_schedules.vectorizable_intrinsics import register as register_vectorizable_intrinsics
 
@@ -46,7 +47,7 @@ def fusion_passes(target: tvm.target.Target) -> list:
     each copy into its user) and a layer's output and its quantize joined between FuseOps and FuseTIR."""
     passes = cpu_generic.legalize_passes(target)
     fuse_tir = next(i for i, p in enumerate(passes) if p.info.name == "FuseTIR")
-    return [DuplicateScalarOps(), *passes[:fuse_tir], JoinQuantizeOutputs(), *passes[fuse_tir:]]
+    return [DuplicateScalarOps(), *passes[:fuse_tir], JoinQuantizeOutputs(), QuantizeInConsumer(), *passes[fuse_tir:]]
 
 
 def relax_pipeline(target: tvm.target.Target, report: ScheduleReport | None = None, schedules: bool = True, tuned=None):

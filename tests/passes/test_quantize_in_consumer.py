@@ -1,0 +1,139 @@
+"""QuantizeInConsumer: the int8 layer after a dynamic quantize computes that quantize in its own kernel, in each
+tile, with the same numbers as the two kernels it replaces."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax, tirx
+from tvm.script import relax as R
+
+from edgetvm.kernels_schedules import pipeline as kernels_pipeline
+from edgetvm.kernels_schedules.apply_schedules import ApplyCPUSchedules, ScheduleReport
+from edgetvm.pipeline.passes import DynamicQuantize
+
+X_SHAPE = (1, 16, 24, 24)
+HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
+RPI4 = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"})
+
+
+def _dynamic_layer(out_channels: int = 16) -> tvm.IRModule:
+    """y = depthwise 3x3 + bias (float); out = relu(1x1 conv 16 -> ``out_channels`` of y), the conv quantized at
+    run time: y's max|y| joins y's kernel, and the quantize of y has the conv as its one user."""
+    rng = np.random.default_rng(2)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(X_SHAPE, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            weight = relax.const(rng.standard_normal((16, 1, 3, 3)).astype("float32"))
+            conv = R.nn.conv2d(x, weight, padding=[1] * 4, groups=16)
+            y = bb.emit(R.add(conv, relax.const(rng.standard_normal((1, 16, 1, 1)).astype("float32"))))
+            layer = relax.const(rng.standard_normal((out_channels, 16, 1, 1)).astype("float32"))
+            out = bb.emit_output(R.nn.relu(R.nn.conv2d(y, layer)))
+        bb.emit_func_output(out)
+    return DynamicQuantize(keep_float=frozenset({"conv2d_0"}))(bb.get())
+
+
+_FUSION_PASSES = kernels_pipeline.fusion_passes  # before a test patches it with _without_pass
+
+
+def _without_pass(target):
+    return [p for p in _FUSION_PASSES(target) if p.info.name != "QuantizeInConsumer"]
+
+
+def _fused(mod: tvm.IRModule, target, passes) -> tvm.IRModule:
+    with target:
+        return tvm.transform.Sequential([*kernels_pipeline.layout_passes(target), *passes])(mod)
+
+
+def _kernel_results(mod: tvm.IRModule) -> dict[str, relax.Type]:
+    """Each kernel main calls, and the type of what it returns."""
+    calls = {}
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.call_tir":
+                calls[value.args[0].name_hint] = binding.var.ty
+    return calls
+
+
+def _int8_results(calls: dict[str, relax.Type]) -> list[str]:
+    return [name for name, ty in calls.items() if isinstance(ty, relax.TensorType) and ty.dtype in ("int8", "uint8")]
+
+
+def test_no_kernel_writes_the_int8_input_of_a_layer():
+    mod = _dynamic_layer()
+    apart = _kernel_results(_fused(mod, HOST, _without_pass(HOST)))
+    joined = _kernel_results(_fused(mod, HOST, kernels_pipeline.fusion_passes(HOST)))
+    assert len(_int8_results(apart)) == 1, apart  # the quantize, a kernel of its own
+    assert _int8_results(joined) == [], joined
+    assert len(joined) == len(apart) - 1
+    assert [name for name in joined if name.endswith("_quantizing")], joined
+
+
+@pytest.mark.parametrize("out_channels", [16, 200])
+def test_same_numbers_as_a_quantize_kernel(monkeypatch, out_channels):
+    """In the tile (16 output channels: one tile) or beside it in the same kernel (200: several tiles)."""
+    mod = _dynamic_layer(out_channels)
+    joined = relax.VirtualMachine(
+        tvm.compile(mod, target=HOST, relax_pipeline=kernels_pipeline.relax_pipeline(HOST)), tvm.cpu()
+    )
+    monkeypatch.setattr(kernels_pipeline, "fusion_passes", _without_pass)
+    apart = relax.VirtualMachine(
+        tvm.compile(mod, target=HOST, relax_pipeline=kernels_pipeline.relax_pipeline(HOST)), tvm.cpu()
+    )
+    for seed in range(3):
+        x = tvm.runtime.tensor(np.random.default_rng(seed).standard_normal(X_SHAPE).astype("float32"))
+        np.testing.assert_array_equal(joined["main"](x).numpy(), apart["main"](x).numpy())
+
+
+def _outer_loops_of_writes(func: tirx.PrimFunc) -> dict[str, set]:
+    """For each dtype written by a block, the outermost loops of the blocks that write it."""
+    found: dict[str, set] = {}
+
+    def visit(stmt, outer):
+        if isinstance(stmt, tirx.For):
+            visit(stmt.body, outer if outer is not None else stmt)
+        elif isinstance(stmt, tirx.SeqStmt):
+            for inner in stmt.seq:
+                visit(inner, outer)
+        elif isinstance(stmt, tvm.s_tir.SBlockRealize):
+            for region in stmt.block.writes:
+                found.setdefault(str(region.source.dtype), set()).add(outer)
+            visit(stmt.block.body, outer)
+        elif hasattr(stmt, "body"):
+            visit(stmt.body, outer)
+
+    visit(func.body, None)
+    return found
+
+
+def _scheduled(target, out_channels: int) -> tuple[tirx.PrimFunc, str]:
+    report = ScheduleReport()
+    with target:
+        scheduled = ApplyCPUSchedules(target, report)(
+            _fused(_dynamic_layer(out_channels), target, kernels_pipeline.fusion_passes(target))
+        )
+    (name,) = [gv.name_hint for gv in scheduled.get_global_vars() if gv.name_hint.endswith("_quantizing")]
+    return scheduled[name], report.functions[name]
+
+
+def test_the_quantize_runs_in_the_layer_s_tile():
+    """The quantize is computed under the loop the layer's tiles share between the cores, for the tile's own
+    pixels: no separate pass over the map, no int8 map written by one core and read by the other."""
+    func, rule = _scheduled(HOST, 16)
+    assert rule == "reduction-tile"
+    outer = _outer_loops_of_writes(func)
+    quantized = outer.get("uint8", set()) | outer.get("int8", set())
+    (tile,) = outer["int32"]  # the accumulators
+    assert quantized == {tile}, func.script()
+
+
+@pytest.mark.parametrize("target, out_channels", [(HOST, 200), (RPI4, 16)], ids=["host-200", "rpi4-16"])
+def test_a_layer_with_several_channel_tiles_quantizes_beside_them(target, out_channels):
+    """With 200 output channels (or arm's 4-channel dot-product tiles) each tile of channels would quantize the
+    same pixels again: the quantize stays a loop nest of its own, in the same kernel, before the tiles."""
+    func, rule = _scheduled(target, out_channels)
+    assert rule == "reduction-tile"
+    outer = _outer_loops_of_writes(func)
+    quantized = outer.get("uint8", set()) | outer.get("int8", set())
+    assert quantized and not quantized & outer["int32"], func.script()
