@@ -195,7 +195,10 @@ MIN_MACS_DYNAMIC = 1 << 15
 # 1.20x, 1.15x, 1.16x (its 1x1 24 -> 24 and 24 -> 28 convs at 64x64 pay for their quantize passes from 24).
 # With the pair kernel only (before it) 40 had been as good as 24 or better: PP-OCR 1.01x under 24, 1.02x under
 # 40; BlazeFace 1.06x, 1.08x.
-MIN_MACS_PER_INPUT_DYNAMIC = 24
+# Once the quantize ran in the int8 layer's own kernel (``QuantizeInConsumer``), a layer's quantize cost less and
+# 16 overtook 24 (Zen 4, interleaved, two quiet runs): PP-OCR 231.4 -> 223.5 and 225.7 -> 219.9 us (float 267-269;
+# under 8, 229.2 and 226.4 us); BlazeFace's and the CNN's builds are the same under 16 as under 24.
+MIN_MACS_PER_INPUT_DYNAMIC = 16
 
 W8A8_DYNAMIC = register_scheme(
     QuantScheme(
