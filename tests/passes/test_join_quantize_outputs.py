@@ -10,6 +10,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.script import relax as R
 
 from edgetvm.kernels_schedules import pipeline as kernels_pipeline
+from edgetvm.kernels_schedules.fused_calls import kernel_calls
 from edgetvm.pipeline.calibration_stats import CalibrationMethod, CalibrationRanges, LayerRange
 from edgetvm.pipeline.passes import DynamicQuantize, Requantize, StaticQuantize
 
@@ -58,20 +59,9 @@ def _fused(mod: tvm.IRModule, join: bool) -> tvm.IRModule:
         return tvm.transform.Sequential([*kernels_pipeline.layout_passes(HOST), *fusion])(mod)
 
 
-def _kernel_calls(mod: tvm.IRModule) -> dict[str, relax.Type]:
-    """Each kernel main calls, and the type of what it returns."""
-    calls = {}
-    for block in mod["main"].body.blocks:
-        for binding in block.bindings:
-            value = binding.value
-            if isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.call_tir":
-                calls[value.args[0].name_hint] = binding.var.ty
-    return calls
-
-
 def test_the_layer_output_and_its_quantize_are_one_kernel():
     mod = _residual_block()
-    apart, joined = _kernel_calls(_fused(mod, join=False)), _kernel_calls(_fused(mod, join=True))
+    apart, joined = kernel_calls(_fused(mod, join=False)), kernel_calls(_fused(mod, join=True))
     assert len(joined) == len(apart) - 1, (apart, joined)
     (both,) = [ty for name, ty in joined.items() if name.endswith("_quantized")]
     assert isinstance(both, relax.TupleType) and [f.dtype for f in both.fields][0] == "float32"
@@ -101,7 +91,7 @@ def test_joined_build_compiles_for_arm(target):
 
 def test_a_float_layer_output_and_its_dynamic_scale_are_one_kernel():
     mod = _dynamic_block()
-    apart, joined = _kernel_calls(_fused(mod, join=False)), _kernel_calls(_fused(mod, join=True))
+    apart, joined = kernel_calls(_fused(mod, join=False)), kernel_calls(_fused(mod, join=True))
     assert len(joined) == len(apart) - 1, (apart, joined)
     (both,) = [ty for name, ty in joined.items() if name.endswith("_quantized")]
     assert isinstance(both, relax.TupleType) and [len(f.shape) for f in both.fields] == [4, 0], both  # (y, max|y|)

@@ -9,6 +9,7 @@ from tvm.script import relax as R
 
 from edgetvm.kernels_schedules import pipeline as kernels_pipeline
 from edgetvm.kernels_schedules.apply_schedules import ApplyCPUSchedules, ScheduleReport
+from edgetvm.kernels_schedules.fused_calls import kernel_calls
 from edgetvm.pipeline.passes import DynamicQuantize
 
 X_SHAPE = (1, 16, 24, 24)
@@ -45,25 +46,14 @@ def _fused(mod: tvm.IRModule, target, passes) -> tvm.IRModule:
         return tvm.transform.Sequential([*kernels_pipeline.layout_passes(target), *passes])(mod)
 
 
-def _kernel_results(mod: tvm.IRModule) -> dict[str, relax.Type]:
-    """Each kernel main calls, and the type of what it returns."""
-    calls = {}
-    for block in mod["main"].body.blocks:
-        for binding in block.bindings:
-            value = binding.value
-            if isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.call_tir":
-                calls[value.args[0].name_hint] = binding.var.ty
-    return calls
-
-
 def _int8_results(calls: dict[str, relax.Type]) -> list[str]:
     return [name for name, ty in calls.items() if isinstance(ty, relax.TensorType) and ty.dtype in ("int8", "uint8")]
 
 
 def test_no_kernel_writes_the_int8_input_of_a_layer():
     mod = _dynamic_layer()
-    apart = _kernel_results(_fused(mod, HOST, _without_pass(HOST)))
-    joined = _kernel_results(_fused(mod, HOST, kernels_pipeline.fusion_passes(HOST)))
+    apart = kernel_calls(_fused(mod, HOST, _without_pass(HOST)))
+    joined = kernel_calls(_fused(mod, HOST, kernels_pipeline.fusion_passes(HOST)))
     assert len(_int8_results(apart)) == 1, apart  # the quantize, a kernel of its own
     assert _int8_results(joined) == [], joined
     assert len(joined) == len(apart) - 1
