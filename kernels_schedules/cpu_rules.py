@@ -86,6 +86,27 @@ def _loops_match_iters(sch: s_tir.Schedule, block) -> bool:
     return len(loops) == len(realize.iter_vars)
 
 
+def _loops_by_kind(sch: s_tir.Schedule, block) -> tuple[list, list]:
+    """The block's spatial loops and its reduction loops, in order, for a block whose loops are its iteration
+    variables one to one."""
+    pairs = list(zip(sch.get_loops(block), _block_kinds(sch, block), strict=True))
+    return [loop for loop, kind in pairs if kind == "S"], [loop for loop, kind in pairs if kind == "R"]
+
+
+# A reduction shared between the cores is cut into the first of these numbers of chunks that divides the loop it
+# is cut along: each core reduces whole chunks (two cores, four chunks each; four cores, two), the partial
+# results are reduced last.
+REDUCTION_CHUNKS = (8, 4, 2)
+
+
+def _chunks_outermost(sch: s_tir.Schedule, block, loop, chunks: int):
+    """``loop`` of ``block`` split into ``chunks`` chunks, the loop over the chunks moved outermost (for
+    ``rfactor``); returns that loop."""
+    chunk, _ = sch.split(loop, [chunks, None])
+    sch.reorder(chunk, *[other for other in sch.get_loops(block) if not _same(sch, other, chunk)])
+    return chunk
+
+
 def try_inline_all(sch: s_tir.Schedule, keep: set[str]) -> None:
     """Inline every block not in ``keep`` into its consumers, as long as one can be."""
     changed = True
@@ -613,13 +634,10 @@ def schedule_reduction_tile(
     writing an operand the tile reads as stored (``_compute_in_tile``).
     Returns the fused parallel loop, under which the anchor, its init and its epilogue now live.
     """
-    kinds = _block_kinds(sch, anchor)
     work = _work(sch, anchor)
     map_elements = _map_elements(sch, anchor)
     dot = is_dot_form(sch, anchor)
-    loops = sch.get_loops(anchor)
-    spatial = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "S"]
-    reduction = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "R"]
+    spatial, reduction = _loops_by_kind(sch, anchor)
     out_dtype = str(sch.get(anchor).writes[0].source.dtype)
     lanes = facts.lanes(out_dtype)
 
@@ -914,10 +932,9 @@ def schedule_full_reduction(sch: s_tir.Schedule, block, facts: CPUFacts) -> None
     if len(loops) >= 2 and _split_by_columns(_extent(sch, loops[-2]), _product(sch, loops[:-2])):
         outer = loops[-2]
     if outer is not None and _work(sch, block) >= FULL_REDUCTION_PARALLEL_MIN:
-        chunks = _pick(_extent(sch, outer), [8, 4, 2])
+        chunks = _pick(_extent(sch, outer), REDUCTION_CHUNKS)
         if chunks > 1:
-            chunk, _ = sch.split(outer, [chunks, None])
-            sch.reorder(chunk, *[loop for loop in sch.get_loops(block) if not _same(sch, loop, chunk)])
+            chunk = _chunks_outermost(sch, block, outer, chunks)
             block = sch.rfactor(chunk, 0)  # partial[chunk]: its chunk loop is spatial, and outermost
             chunked = True
     _, lane = sch.split(sch.get_loops(block)[-1], [None, lanes])
@@ -1040,7 +1057,6 @@ def _compute_in_tile(sch: s_tir.Schedule, block, loop, facts: CPUFacts) -> None:
 # channel, and the partials are reduced last. The PP-OCR classifier (three such reductions of 19968-38400
 # elements in float, five in w8a8-dynamic), interleaved on a 2-core Zen 4: float 279 -> 272 us, w8a8-static 216
 # -> 210, w8a8-dynamic 247 -> 241 (two runs alike; from 8192 elements on, the gain was lost).
-CHANNEL_REDUCTION_CHUNKS = (8, 4, 2)
 
 
 def _is_shared_channel_reduction(sch: s_tir.Schedule, block) -> bool:
@@ -1062,15 +1078,13 @@ def _is_shared_channel_reduction(sch: s_tir.Schedule, block) -> bool:
 def _channel_chunks(sch: s_tir.Schedule, block) -> tuple:
     """The reduction loop a per-channel reduction is cut along (its columns or its rows, as its producer was
     cut) and into how many chunks (1: it does not divide)."""
-    loops = sch.get_loops(block)
-    kinds = _block_kinds(sch, block)
-    reduction = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "R" and (_extent(sch, loop) or 1) > 1]
+    reduction = [loop for loop in _loops_by_kind(sch, block)[1] if (_extent(sch, loop) or 1) > 1]
     if not reduction:
         return None, 1
     cut = reduction[0]
     if _split_by_columns(_extent(sch, reduction[-1]), _product(sch, reduction[:-1])):
         cut = reduction[-1]
-    return cut, _pick(_extent(sch, cut) or 1, CHANNEL_REDUCTION_CHUNKS)
+    return cut, _pick(_extent(sch, cut) or 1, REDUCTION_CHUNKS)
 
 
 def schedule_channel_reduction(sch: s_tir.Schedule, block, facts: CPUFacts) -> None:
@@ -1081,13 +1095,9 @@ def schedule_channel_reduction(sch: s_tir.Schedule, block, facts: CPUFacts) -> N
         if "R" not in _block_kinds(sch, other):
             schedule_elementwise(sch, other, facts, _dtype_of(sch, other))
     cut, chunks = _channel_chunks(sch, block)
-    chunk, _ = sch.split(cut, [chunks, None])
-    sch.reorder(chunk, *[loop for loop in sch.get_loops(block) if not _same(sch, loop, chunk)])
-    partial = sch.rfactor(chunk, 0)  # partial[chunk, ..., channel]: the chunk loop is spatial, and outermost
-    loops = sch.get_loops(partial)
-    kinds = _block_kinds(sch, partial)
-    spatial = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "S"]
-    reduction = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "R"]
+    # partial[chunk, ..., channel]: the chunk loop is spatial, and outermost
+    partial = sch.rfactor(_chunks_outermost(sch, block, cut, chunks), 0)
+    spatial, reduction = _loops_by_kind(sch, partial)
     lanes = vector_width(_extent(sch, spatial[-1]) or 1, facts.lanes(_dtype_of(sch, partial)))
     vectors, lane = sch.split(spatial[-1], [None, lanes])
     sch.reorder(*spatial[:-1], *reduction, vectors, lane)
@@ -1098,10 +1108,7 @@ def schedule_channel_reduction(sch: s_tir.Schedule, block, facts: CPUFacts) -> N
     init = sch.decompose_reduction(partial, reduction[0])
     sch.vectorize(sch.get_loops(init)[-1])
     last = sch.get_consumers(partial)[0]
-    loops = sch.get_loops(last)
-    kinds = _block_kinds(sch, last)
-    spatial = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "S"]
-    reduction = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "R"]
+    spatial, reduction = _loops_by_kind(sch, last)
     vectors, lane = sch.split(spatial[-1], [None, lanes])
     sch.reorder(*spatial[:-1], vectors, *reduction, lane)
     sch.vectorize(lane)  # before the init is split off: vectorize refuses a loop under a reduction's own loops

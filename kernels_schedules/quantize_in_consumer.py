@@ -47,8 +47,9 @@ class _Joiner(CallJoiner):
         out: list[relax.Binding] = []
         taken: set[relax.Var] = set()
         for binding in bindings:
-            inputs = [a for a in self._args(binding) if isinstance(a, relax.Var) and a in quantizes]
-            if len(inputs) == 1 and self._is_layer(binding):
+            args = binding.value.args if self._is_layer(binding) else []
+            inputs = [a for a in args if isinstance(a, relax.Var) and a in quantizes]
+            if len(inputs) == 1:
                 producer = quantizes[inputs[0]]
                 name = f"{binding.value.op.name_hint}_quantizing"
                 out.append(relax.VarBinding(binding.var, self.joined_call(producer, binding, False, name)))
@@ -58,9 +59,6 @@ class _Joiner(CallJoiner):
         if not taken:
             return block
         return relax.DataflowBlock([b for b in out if b.var not in taken])
-
-    def _args(self, binding: relax.Binding) -> list[relax.Expr]:
-        return list(binding.value.args) if fused_callee(self.mod, binding) is not None else []
 
     def _is_quantize(self, binding: relax.Binding) -> bool:
         func = fused_callee(self.mod, binding)
