@@ -976,10 +976,13 @@ def apply_default_schedule(sch: s_tir.Schedule, target: Target) -> str:
         try_inline_all(sch, keep={anchor_name})
         schedule_full_reduction(sch, sch.get_sblock(anchor_name), facts)
         return "full-reduction"
-    if len(reductions) == 1 and _is_shared_channel_reduction(sch, reductions[0]):
-        anchor_name = sch.get(reductions[0]).name_hint
-        try_inline_all(sch, keep={anchor_name})
-        schedule_channel_reduction(sch, sch.get_sblock(anchor_name), facts)
+    if (len(reductions) == 1 and _is_shared_channel_reduction(sch, reductions[0])) or _are_joined_channel_reductions(
+        sch, reductions
+    ):
+        names = [sch.get(block).name_hint for block in reductions]
+        outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
+        try_inline_all(sch, keep={*names, *outputs})
+        schedule_channel_reduction(sch, [sch.get_sblock(name) for name in names], facts)
         return "channel-reduction"
     names = [sch.get(b).name_hint for b in reductions]
     layers = [name for b, name in zip(reductions, names, strict=True) if "S" in _block_kinds(sch, b)]
@@ -1057,12 +1060,14 @@ def _compute_in_tile(sch: s_tir.Schedule, block, loop, facts: CPUFacts) -> None:
 # channel, and the partials are reduced last. The PP-OCR classifier (three such reductions of 19968-38400
 # elements in float, five in w8a8-dynamic), interleaved on a 2-core Zen 4: float 279 -> 272 us, w8a8-static 216
 # -> 210, w8a8-dynamic 247 -> 241 (two runs alike; from 8192 elements on, the gain was lost).
+# Reductions of one map that ``join_channel_reductions`` put in one kernel (a gated layer's mean and max|h|) share
+# one pass over it, large or small: PP-OCR w8a8-dynamic 222 -> 217 us (eight pairs; 1x3x96x88 alone: 2.25 us
+# for the two, 1.9 + 1.9 apart, on two threads).
 
 
-def _is_shared_channel_reduction(sch: s_tir.Schedule, block) -> bool:
-    """Whether ``block`` reduces one input of ELEMENTWISE_PARALLEL_MIN elements or more to one value per channel:
-    its only spatial axis longer than 1 is the innermost (channels last), and it reads nothing but that input
-    (a matmul's one row reads weights too)."""
+def _is_channel_reduction(sch: s_tir.Schedule, block) -> bool:
+    """Whether ``block`` reduces one input to one value per channel: its only spatial axis longer than 1 is the
+    innermost (channels last), and it reads nothing but that input (a matmul's one row reads weights too)."""
     stmt = sch.get(block)
     kinds = _block_kinds(sch, block)
     if not _loops_match_iters(sch, block) or "S" not in kinds or "R" not in kinds or "S" in kinds[kinds.index("R") :]:
@@ -1072,7 +1077,40 @@ def _is_shared_channel_reduction(sch: s_tir.Schedule, block) -> bool:
     if not all(isinstance(e, tirx.IntImm) for e in extents) or any(int(e) > 1 for e in extents[:-1]):
         return False
     inputs = {region.source for region in stmt.reads} - {region.source for region in stmt.writes}
-    return len(inputs) == 1 and _work(sch, block) >= ELEMENTWISE_PARALLEL_MIN and _channel_chunks(sch, block)[1] > 1
+    return len(inputs) == 1
+
+
+def _is_shared_channel_reduction(sch: s_tir.Schedule, block) -> bool:
+    """Whether ``block`` is a channel reduction (``_is_channel_reduction``) of ELEMENTWISE_PARALLEL_MIN elements
+    or more, whose loops cut into chunks."""
+    return (
+        _is_channel_reduction(sch, block)
+        and _work(sch, block) >= ELEMENTWISE_PARALLEL_MIN
+        and _channel_chunks(sch, block)[1] > 1
+    )
+
+
+def _are_joined_channel_reductions(sch: s_tir.Schedule, blocks: list) -> bool:
+    """Whether ``blocks`` (two or more) are channel reductions over the same domain, none reading another's result
+    (``join_channel_reductions``: a map's mean and its per-channel max|h|; not a softmax's max and sum)."""
+    if len(blocks) < 2 or not all(_is_channel_reduction(sch, block) for block in blocks):
+        return False
+    domains = {tuple(int(iv.dom.extent) for iv in sch.get(block).iter_vars) for block in blocks}
+    names = {sch.get(block).name_hint for block in blocks}
+    return len(domains) == 1 and not any(names & _upstream(sch, block) for block in blocks)
+
+
+def _upstream(sch: s_tir.Schedule, block) -> set[str]:
+    """The names of the blocks whose results ``block`` reads, directly or through others."""
+    seen: set[str] = set()
+    todo = [block]
+    while todo:
+        for producer in sch.get_producers(todo.pop()):
+            name = sch.get(producer).name_hint
+            if name not in seen:
+                seen.add(name)
+                todo.append(producer)
+    return seen
 
 
 def _channel_chunks(sch: s_tir.Schedule, block) -> tuple:
@@ -1087,30 +1125,51 @@ def _channel_chunks(sch: s_tir.Schedule, block) -> tuple:
     return cut, _pick(_extent(sch, cut) or 1, REDUCTION_CHUNKS)
 
 
-def schedule_channel_reduction(sch: s_tir.Schedule, block, facts: CPUFacts) -> None:
-    """A per-channel reduction (``_is_shared_channel_reduction``) in parallel chunks of the map; see the note
-    above. The chunks' partial results (``rfactor``) are vectors of channels, accumulated in registers; the last
-    reduction of the partials and what follows it (a mean's division) run serially, vectorised over channels."""
+def schedule_channel_reduction(sch: s_tir.Schedule, blocks: list, facts: CPUFacts) -> None:
+    """Per-channel reductions of one map (``_is_channel_reduction``; several when ``join_channel_reductions``
+    joined them), in one pass over it; see the note above. A map of ELEMENTWISE_PARALLEL_MIN elements or more is
+    reduced in parallel chunks into partial results (``rfactor``), reduced last; a smaller one serially. The
+    reductions' loops are merged: each element is loaded once for all of them, their accumulators (vectors of
+    channels) side by side in registers, in groups of channels that fit. The last reductions of the partials and
+    what follows them (a mean's division) run serially, vectorised over channels."""
     for other in _root_blocks(sch):
         if "R" not in _block_kinds(sch, other):
             schedule_elementwise(sch, other, facts, _dtype_of(sch, other))
-    cut, chunks = _channel_chunks(sch, block)
-    # partial[chunk, ..., channel]: the chunk loop is spatial, and outermost
-    partial = sch.rfactor(_chunks_outermost(sch, block, cut, chunks), 0)
-    spatial, reduction = _loops_by_kind(sch, partial)
-    lanes = vector_width(_extent(sch, spatial[-1]) or 1, facts.lanes(_dtype_of(sch, partial)))
+    shared = all(_is_shared_channel_reduction(sch, block) for block in blocks)
+    partials = blocks
+    if shared:
+        # partial[chunk, ..., channel]: the chunk loop is spatial, and outermost
+        lasts = [sch.get(block).name_hint for block in blocks]
+        partials = [sch.rfactor(_chunks_outermost(sch, block, *_channel_chunks(sch, block)), 0) for block in blocks]
+    if len(partials) > 1:
+        # the merged loops take the place of the last ones given: the first reduction's, before any block reading
+        # a reduction's result
+        sch.merge(*[sch.get_loops(partial)[-1] for partial in reversed(partials)])
+    spatial, reduction = _loops_by_kind(sch, partials[0])
+    lanes = vector_width(_extent(sch, spatial[-1]) or 1, facts.lanes(_dtype_of(sch, partials[0])))
     vectors, lane = sch.split(spatial[-1], [None, lanes])
-    sch.reorder(*spatial[:-1], *reduction, vectors, lane)
-    sch.parallel(spatial[0])
+    count = _extent(sch, vectors) or 0
+    group = max((d for d in range(1, count + 1) if count % d == 0 and d * len(partials) <= facts.registers), default=0)
+    if count and group < count:
+        groups, vectors = sch.split(vectors, [None, group])
+        sch.reorder(*spatial[:-1], groups, *reduction, vectors, lane)
+    else:
+        sch.reorder(*spatial[:-1], *reduction, vectors, lane)
+    if shared:
+        sch.parallel(spatial[0])
     sch.vectorize(lane)
-    if (_extent(sch, vectors) or 0) <= facts.registers:
+    if group:
         sch.unroll(vectors)  # a register of partial results per vector of channels (200 channels: 25 on AVX-512)
-    init = sch.decompose_reduction(partial, reduction[0])
-    sch.vectorize(sch.get_loops(init)[-1])
-    last = sch.get_consumers(partial)[0]
-    spatial, reduction = _loops_by_kind(sch, last)
-    vectors, lane = sch.split(spatial[-1], [None, lanes])
-    sch.reorder(*spatial[:-1], vectors, *reduction, lane)
-    sch.vectorize(lane)  # before the init is split off: vectorize refuses a loop under a reduction's own loops
-    last_init = sch.decompose_reduction(last, reduction[0])
-    sch.vectorize(sch.get_loops(last_init)[-1])
+    for partial in partials:
+        init = sch.decompose_reduction(partial, reduction[0])
+        sch.vectorize(sch.get_loops(init)[-1])
+    if not shared:
+        return
+    for name in lasts:
+        last = sch.get_sblock(name)
+        spatial, reduction = _loops_by_kind(sch, last)
+        vectors, lane = sch.split(spatial[-1], [None, lanes])
+        sch.reorder(*spatial[:-1], vectors, *reduction, lane)
+        sch.vectorize(lane)  # before the init is split off: vectorize refuses a loop under a reduction's own loops
+        last_init = sch.decompose_reduction(last, reduction[0])
+        sch.vectorize(sch.get_loops(last_init)[-1])

@@ -15,8 +15,10 @@ registers as the epilogue writes it, one partial maximum per tile and lane, and 
 Matched, in one dataflow block: a call of a fused function that holds a conv2d / matmul (a TIR function of
 pattern ``kOutEWiseFusable``) and has one tensor result ``y`` with several users, and a later call of a fused
 function that takes ``y`` and whose other arguments exist before the first call: either elementwise (every TIR
-function in it of pattern ``kInjective`` or simpler) with a result of ``y``'s shape, or a reduction of ``y`` alone
-to one value (of pattern ``kCommReduce`` or simpler). The joined call takes the first call's place.
+function in it of pattern ``kInjective`` or simpler) with a result of ``y``'s shape, or a reduction of ``y`` to one
+value (of pattern ``kCommReduce`` or simpler), alone or with tensors of ``y``'s shape: a squeeze-excite gate ``s``'s
+dynamic scale ``max(s * max|h|)`` joins the gate's kernel (``DynamicGatedInput``, ``join_channel_reductions``). The
+joined call takes the first call's place.
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ class _Joiner(CallJoiner):
         )
 
     def _quantizes(self, binding: relax.Binding, value: relax.Var) -> bool:
-        """``binding`` quantizes ``value`` elementwise, or reduces ``value`` alone to its one-value scale."""
+        """``binding`` quantizes ``value`` elementwise, or reduces ``value`` (alone, or with tensors of its shape) to
+        its one-value scale."""
         func = fused_callee(self.mod, binding)
         if func is None or not any(a.same_as(value) for a in binding.value.args):
             return False
@@ -104,5 +107,9 @@ class _Joiner(CallJoiner):
             return False
         if shape == static_shape(value):
             return max(patterns) <= INJECTIVE
-        inputs = [a for a in binding.value.args if isinstance(a, relax.Var)]
-        return len(shape) == 0 and max(patterns) == COMM_REDUCE and len(inputs) == 1
+        others = [a for a in binding.value.args if isinstance(a, relax.Var) and not a.same_as(value)]
+        return (
+            len(shape) == 0
+            and max(patterns) == COMM_REDUCE
+            and all(static_shape(a) == static_shape(value) for a in others)
+        )

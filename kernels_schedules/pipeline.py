@@ -13,6 +13,7 @@ from edgetvm.kernels_schedules.duplicate_scalar_ops import DuplicateScalarOps
 from edgetvm.kernels_schedules.flatten_into_weights import FlattenIntoWeights
 from edgetvm.kernels_schedules.fold_affine import FoldAffine
 from edgetvm.kernels_schedules.int8_conv_layout import Int8ConvLayout
+from edgetvm.kernels_schedules.join_channel_reductions import JoinChannelReductions
 from edgetvm.kernels_schedules.join_quantize_outputs import JoinQuantizeOutputs
 from edgetvm.kernels_schedules.pad_conv_channels import PadConvChannels
 from edgetvm.kernels_schedules.quantize_in_consumer import QuantizeInConsumer
@@ -44,10 +45,18 @@ def layout_passes(target: tvm.target.Target) -> list:
 
 def fusion_passes(target: tvm.target.Target) -> list:
     """TVM's legalization and fusion, with one-value operations copied for each user before it (for FuseOps to fuse
-    each copy into its user) and a layer's output and its quantize joined between FuseOps and FuseTIR."""
+    each copy into its user) and, between FuseOps and FuseTIR, the per-channel reductions of one map joined, a layer's
+    output and its quantize joined and a quantize joined to its int8 layer."""
     passes = cpu_generic.legalize_passes(target)
     fuse_tir = next(i for i, p in enumerate(passes) if p.info.name == "FuseTIR")
-    return [DuplicateScalarOps(), *passes[:fuse_tir], JoinQuantizeOutputs(), QuantizeInConsumer(), *passes[fuse_tir:]]
+    return [
+        DuplicateScalarOps(),
+        *passes[:fuse_tir],
+        JoinChannelReductions(),  # first: the per-channel max|h| a gate's scale needs then comes before the gate
+        JoinQuantizeOutputs(),
+        QuantizeInConsumer(),
+        *passes[fuse_tir:],
+    ]
 
 
 def relax_pipeline(target: tvm.target.Target, report: ScheduleReport | None = None, schedules: bool = True, tuned=None):
