@@ -36,16 +36,23 @@ def fused_callee(mod: tvm.IRModule, binding: relax.Binding) -> relax.Function | 
     return func if isinstance(func, relax.Function) and is_fused(func) else None
 
 
-def tir_patterns(mod: tvm.IRModule, func: relax.Function) -> list[int]:
-    """The ``op_pattern`` of each TIR function a fused function calls (one past kOutEWiseFusable when unset)."""
-    patterns = []
+def prim_funcs(mod: tvm.IRModule, func: relax.Function) -> list[tvm.tirx.PrimFunc]:
+    """The TIR functions a fused function calls (``call_tir``), in order."""
+    called = []
     for block in func.body.blocks:
         for binding in block.bindings:
             value = binding.value
             if isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.call_tir":
-                prim = mod[value.args[0]]
-                pattern = prim.attrs.get("op_pattern") if prim.attrs is not None else None
-                patterns.append(int(pattern) if pattern is not None else OUT_ELEMWISE_FUSABLE + 1)
+                called.append(mod[value.args[0]])
+    return called
+
+
+def tir_patterns(mod: tvm.IRModule, func: relax.Function) -> list[int]:
+    """The ``op_pattern`` of each TIR function a fused function calls (one past kOutEWiseFusable when unset)."""
+    patterns = []
+    for prim in prim_funcs(mod, func):
+        pattern = prim.attrs.get("op_pattern") if prim.attrs is not None else None
+        patterns.append(int(pattern) if pattern is not None else OUT_ELEMWISE_FUSABLE + 1)
     return patterns
 
 
@@ -118,6 +125,26 @@ class CallJoiner:
 
     def rewrite_block(self, block: relax.DataflowBlock, uses: dict[relax.Var, int]) -> relax.DataflowBlock:
         raise NotImplementedError
+
+    @staticmethod
+    def join_pairs(bindings: list[relax.Binding], pairs: dict[int, int], call_of) -> relax.DataflowBlock:
+        """The block of ``bindings`` where each pair (index of the first binding -> index of the second, later)
+        became one call, ``call_of(first, second)``, returning both results, in the first one's place; both
+        variables are bound to its items there."""
+        seconds = set(pairs.values())
+        out: list[relax.Binding] = []
+        for index, binding in enumerate(bindings):
+            if index in seconds:
+                continue
+            if index not in pairs:
+                out.append(binding)
+                continue
+            second = bindings[pairs[index]]
+            joined = relax.DataflowVar("joined", relax.TupleType([binding.var.ty, second.var.ty]))
+            out.append(relax.VarBinding(joined, call_of(binding, second)))
+            out.append(relax.VarBinding(binding.var, relax.TupleGetItem(joined, 0)))
+            out.append(relax.VarBinding(second.var, relax.TupleGetItem(joined, 1)))
+        return relax.DataflowBlock(out)
 
     def joined_call(
         self, producer: relax.VarBinding, consumer: relax.VarBinding, keep_producer_result: bool, name: str

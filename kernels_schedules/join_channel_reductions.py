@@ -18,7 +18,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax, s_tir, tirx
 
-from edgetvm.kernels_schedules.fused_calls import CallJoiner, fused_callee
+from edgetvm.kernels_schedules.fused_calls import CallJoiner, fused_callee, prim_funcs
 from edgetvm.pipeline.passes.bindings import static_shape
 
 
@@ -45,20 +45,7 @@ class _Joiner(CallJoiner):
                 pairs[first[reduced]] = index
         if not pairs:
             return block
-        joined_second = set(pairs.values())
-        out: list[relax.Binding] = []
-        for index, binding in enumerate(bindings):
-            if index in joined_second:
-                continue
-            if index not in pairs:
-                out.append(binding)
-                continue
-            second = bindings[pairs[index]]
-            joined = relax.DataflowVar("joined", relax.TupleType([binding.var.ty, second.var.ty]))
-            out.append(relax.VarBinding(joined, self._joined_call(binding, second)))
-            out.append(relax.VarBinding(binding.var, relax.TupleGetItem(joined, 0)))
-            out.append(relax.VarBinding(second.var, relax.TupleGetItem(joined, 1)))
-        return relax.DataflowBlock(out)
+        return self.join_pairs(bindings, pairs, self._joined_call)
 
     def _reduced_map(self, binding: relax.Binding) -> relax.Var | None:
         """The map ``binding`` reduces to one value per channel, or None."""
@@ -84,15 +71,7 @@ class _Joiner(CallJoiner):
         if self._is_call_tir(binding):
             return [self.mod[binding.value.args[0]]]
         func = fused_callee(self.mod, binding)
-        if func is None:
-            return None
-        prims = []
-        for block in func.body.blocks:
-            for inner in block.bindings:
-                value = inner.value
-                if isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.call_tir":
-                    prims.append(self.mod[value.args[0]])
-        return prims
+        return None if func is None else prim_funcs(self.mod, func)
 
     def _joined_call(self, first: relax.VarBinding, second: relax.VarBinding) -> relax.Call:
         names = tuple(self._callee_name(b) for b in (first, second))

@@ -52,21 +52,11 @@ class _Joiner(CallJoiner):
         pairs = self._pairs(bindings, uses)  # producer index -> consumer index
         if not pairs:
             return block
-        joined_consumers = set(pairs.values())
-        out: list[relax.Binding] = []
-        for index, binding in enumerate(bindings):
-            if index in joined_consumers:
-                continue
-            if index not in pairs:
-                out.append(binding)
-                continue
-            consumer = bindings[pairs[index]]
-            call = self.joined_call(binding, consumer, True, f"{binding.value.op.name_hint}_quantized")
-            joined = relax.DataflowVar("joined", relax.TupleType([binding.var.ty, consumer.var.ty]))
-            out.append(relax.VarBinding(joined, call))
-            out.append(relax.VarBinding(binding.var, relax.TupleGetItem(joined, 0)))
-            out.append(relax.VarBinding(consumer.var, relax.TupleGetItem(joined, 1)))
-        return relax.DataflowBlock(out)
+        return self.join_pairs(
+            bindings,
+            pairs,
+            lambda layer, quantize: self.joined_call(layer, quantize, True, f"{layer.value.op.name_hint}_quantized"),
+        )
 
     def _pairs(self, bindings: list[relax.Binding], uses: dict[relax.Var, int]) -> dict[int, int]:
         defined_at = {b.var: i for i, b in enumerate(bindings)}

@@ -5,7 +5,7 @@ its gate's kernel computes the scale too (``join_quantize_outputs``)."""
 import numpy as np
 import pytest
 import tvm
-from tvm import relax, s_tir, te, topi
+from tvm import relax, te, topi
 from tvm.script import relax as R
 
 from edgetvm.kernels_schedules import pipeline as kernels_pipeline
@@ -44,16 +44,7 @@ def _gated_layer(dims: tuple[int, int, int, int]) -> tvm.IRModule:
     return tvm.transform.Sequential(passes)(bb.get())
 
 
-_FUSION_PASSES = kernels_pipeline.fusion_passes  # before a test patches it with _without_join
-
-
-def _without_join(target):
-    return [p for p in _FUSION_PASSES(target) if p.info.name != "JoinChannelReductions"]
-
-
-def _fused(mod: tvm.IRModule, target, passes) -> tvm.IRModule:
-    with target:
-        return tvm.transform.Sequential([*kernels_pipeline.layout_passes(target), *passes])(mod)
+_LEFT_OUT = "JoinChannelReductions"
 
 
 def _per_channel_results(mod: tvm.IRModule) -> list[str]:
@@ -67,10 +58,10 @@ def _per_channel_results(mod: tvm.IRModule) -> list[str]:
 
 
 @pytest.mark.parametrize("dims", [SMALL, LARGE], ids=["small", "large"])
-def test_one_kernel_reduces_the_map_for_the_mean_and_the_scale(dims):
+def test_one_kernel_reduces_the_map_for_the_mean_and_the_scale(fusion_stage, dims):
     mod = _gated_layer(dims)
-    apart = _fused(mod, HOST, _without_join(HOST))
-    joined = _fused(mod, HOST, kernels_pipeline.fusion_passes(HOST))
+    apart = fusion_stage.run(mod, HOST, fusion_stage.without(_LEFT_OUT)(HOST))
+    joined = fusion_stage.run(mod, HOST, kernels_pipeline.fusion_passes(HOST))
     assert len(_per_channel_results(apart)) == 3, kernel_calls(apart)  # mean, max|h|, the gate
     reductions = [n for n in _per_channel_results(joined) if "mean" in n]
     assert len(reductions) == 1 and "max" in reductions[0], kernel_calls(joined)
@@ -83,21 +74,22 @@ def test_one_kernel_reduces_the_map_for_the_mean_and_the_scale(dims):
 
 @pytest.mark.parametrize("target", [HOST, RPI4], ids=["host", "rpi4"])
 @pytest.mark.parametrize("dims", [SMALL, LARGE], ids=["small", "large"])
-def test_the_joined_reductions_have_a_rule_of_their_own(target, dims):
+def test_the_joined_reductions_have_a_rule_of_their_own(fusion_stage, target, dims):
     report = ScheduleReport()
     with target:
-        ApplyCPUSchedules(target, report)(_fused(_gated_layer(dims), target, kernels_pipeline.fusion_passes(target)))
+        fused = fusion_stage.run(_gated_layer(dims), target, kernels_pipeline.fusion_passes(target))
+        ApplyCPUSchedules(target, report)(fused)
     (name,) = [n for n in report.functions if "mean" in n]
     assert report.functions[name] == "channel-reduction", report.to_json()
     assert not report.naive(), report.to_json()
 
 
 @pytest.mark.parametrize("dims", [SMALL, LARGE], ids=["small", "large"])
-def test_same_numbers_as_the_kernels_apart(monkeypatch, dims):
+def test_same_numbers_as_the_kernels_apart(fusion_stage, monkeypatch, dims):
     mod = _gated_layer(dims)
     pipeline = kernels_pipeline.relax_pipeline(HOST)
     joined = relax.VirtualMachine(tvm.compile(mod, target=HOST, relax_pipeline=pipeline), tvm.cpu())
-    monkeypatch.setattr(kernels_pipeline, "fusion_passes", _without_join)
+    monkeypatch.setattr(kernels_pipeline, "fusion_passes", fusion_stage.without(_LEFT_OUT))
     pipeline = kernels_pipeline.relax_pipeline(HOST)
     apart = relax.VirtualMachine(tvm.compile(mod, target=HOST, relax_pipeline=pipeline), tvm.cpu())
     shape = (1, dims[0], dims[2], dims[3])
@@ -118,4 +110,3 @@ def test_a_softmax_s_max_and_sum_are_not_taken_for_joined_reductions():
     lib(tvm.runtime.tensor(data), out)
     expected = np.exp(data - data.max()) / np.exp(data - data.max()).sum()
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6)
-    assert isinstance(sch, s_tir.Schedule)

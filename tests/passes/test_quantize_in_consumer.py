@@ -34,26 +34,17 @@ def _dynamic_layer(out_channels: int = 16) -> tvm.IRModule:
     return DynamicQuantize(keep_float=frozenset({"conv2d_0"}))(bb.get())
 
 
-_FUSION_PASSES = kernels_pipeline.fusion_passes  # before a test patches it with _without_pass
-
-
-def _without_pass(target):
-    return [p for p in _FUSION_PASSES(target) if p.info.name != "QuantizeInConsumer"]
-
-
-def _fused(mod: tvm.IRModule, target, passes) -> tvm.IRModule:
-    with target:
-        return tvm.transform.Sequential([*kernels_pipeline.layout_passes(target), *passes])(mod)
+_LEFT_OUT = "QuantizeInConsumer"
 
 
 def _int8_results(calls: dict[str, relax.Type]) -> list[str]:
     return [name for name, ty in calls.items() if isinstance(ty, relax.TensorType) and ty.dtype in ("int8", "uint8")]
 
 
-def test_no_kernel_writes_the_int8_input_of_a_layer():
+def test_no_kernel_writes_the_int8_input_of_a_layer(fusion_stage):
     mod = _dynamic_layer()
-    apart = kernel_calls(_fused(mod, HOST, _without_pass(HOST)))
-    joined = kernel_calls(_fused(mod, HOST, kernels_pipeline.fusion_passes(HOST)))
+    apart = kernel_calls(fusion_stage.run(mod, HOST, fusion_stage.without(_LEFT_OUT)(HOST)))
+    joined = kernel_calls(fusion_stage.run(mod, HOST, kernels_pipeline.fusion_passes(HOST)))
     assert len(_int8_results(apart)) == 1, apart  # the quantize, a kernel of its own
     assert _int8_results(joined) == [], joined
     assert len(joined) == len(apart) - 1
@@ -61,13 +52,13 @@ def test_no_kernel_writes_the_int8_input_of_a_layer():
 
 
 @pytest.mark.parametrize("out_channels", [16, 200])
-def test_same_numbers_as_a_quantize_kernel(monkeypatch, out_channels):
+def test_same_numbers_as_a_quantize_kernel(fusion_stage, monkeypatch, out_channels):
     """In the tile (16 output channels: one tile) or beside it in the same kernel (200: several tiles)."""
     mod = _dynamic_layer(out_channels)
     joined = relax.VirtualMachine(
         tvm.compile(mod, target=HOST, relax_pipeline=kernels_pipeline.relax_pipeline(HOST)), tvm.cpu()
     )
-    monkeypatch.setattr(kernels_pipeline, "fusion_passes", _without_pass)
+    monkeypatch.setattr(kernels_pipeline, "fusion_passes", fusion_stage.without(_LEFT_OUT))
     apart = relax.VirtualMachine(
         tvm.compile(mod, target=HOST, relax_pipeline=kernels_pipeline.relax_pipeline(HOST)), tvm.cpu()
     )
@@ -97,20 +88,20 @@ def _outer_loops_of_writes(func: tirx.PrimFunc) -> dict[str, set]:
     return found
 
 
-def _scheduled(target, out_channels: int) -> tuple[tirx.PrimFunc, str]:
+def _scheduled(fusion_stage, target, out_channels: int) -> tuple[tirx.PrimFunc, str]:
     report = ScheduleReport()
     with target:
         scheduled = ApplyCPUSchedules(target, report)(
-            _fused(_dynamic_layer(out_channels), target, kernels_pipeline.fusion_passes(target))
+            fusion_stage.run(_dynamic_layer(out_channels), target, kernels_pipeline.fusion_passes(target))
         )
     (name,) = [gv.name_hint for gv in scheduled.get_global_vars() if gv.name_hint.endswith("_quantizing")]
     return scheduled[name], report.functions[name]
 
 
-def test_the_quantize_runs_in_the_layer_s_tile():
+def test_the_quantize_runs_in_the_layer_s_tile(fusion_stage):
     """The quantize is computed under the loop the layer's tiles share between the cores, for the tile's own
     pixels: no separate pass over the map, no int8 map written by one core and read by the other."""
-    func, rule = _scheduled(HOST, 16)
+    func, rule = _scheduled(fusion_stage, HOST, 16)
     assert rule == "reduction-tile"
     outer = _outer_loops_of_writes(func)
     quantized = outer.get("uint8", set()) | outer.get("int8", set())
@@ -119,10 +110,10 @@ def test_the_quantize_runs_in_the_layer_s_tile():
 
 
 @pytest.mark.parametrize("target, out_channels", [(HOST, 200), (RPI4, 16)], ids=["host-200", "rpi4-16"])
-def test_a_layer_with_several_channel_tiles_quantizes_beside_them(target, out_channels):
+def test_a_layer_with_several_channel_tiles_quantizes_beside_them(fusion_stage, target, out_channels):
     """With 200 output channels (or arm's 4-channel dot-product tiles) each tile of channels would quantize the
     same pixels again: the quantize stays a loop nest of its own, in the same kernel, before the tiles."""
-    func, rule = _scheduled(target, out_channels)
+    func, rule = _scheduled(fusion_stage, target, out_channels)
     assert rule == "reduction-tile"
     outer = _outer_loops_of_writes(func)
     quantized = outer.get("uint8", set()) | outer.get("int8", set())
