@@ -107,6 +107,11 @@ def _chunks_outermost(sch: s_tir.Schedule, block, loop, chunks: int):
     return chunk
 
 
+def _output_names(sch: s_tir.Schedule) -> set[str]:
+    """The names of the blocks writing the function's outputs (which cannot be inlined)."""
+    return {sch.get(block).name_hint for block in sch.get_output_blocks(sch.get_sblock("root"))}
+
+
 def try_inline_all(sch: s_tir.Schedule, keep: set[str]) -> None:
     """Inline every block not in ``keep`` into its consumers, as long as one can be."""
     changed = True
@@ -759,10 +764,8 @@ def schedule_reduction_tile(
             inner = epi_loops[-1]
             epilogue_width = vector_width(tile_cols, facts.lanes(_dtype_of(sch, block)))
             partitioned = _vectorize_across_edges(sch, inner, epilogue_width, _padding_edges(sch, block))
-            if partitioned is None and epilogue_width > 1:  # else vectorised around a residual's padded channels
-                if epilogue_width < tile_cols:
-                    _, inner = sch.split(inner, [None, epilogue_width])
-                sch.vectorize(inner)
+            if partitioned is None:  # else vectorised around a residual's padded channels
+                _vectorize_in(sch, inner, epilogue_width)
     return parallel
 
 
@@ -966,8 +969,7 @@ def apply_default_schedule(sch: s_tir.Schedule, target: Target) -> str:
     blocks = _root_blocks(sch)
     reductions = [b for b in blocks if "R" in _block_kinds(sch, b)]
     if not reductions:
-        outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
-        try_inline_all(sch, keep=outputs)
+        try_inline_all(sch, keep=_output_names(sch))
         for block in _root_blocks(sch):
             schedule_elementwise(sch, block, facts, _dtype_of(sch, block))
         return "elementwise"
@@ -976,15 +978,13 @@ def apply_default_schedule(sch: s_tir.Schedule, target: Target) -> str:
         try_inline_all(sch, keep={anchor_name})
         schedule_full_reduction(sch, sch.get_sblock(anchor_name), facts)
         return "full-reduction"
+    names = [sch.get(b).name_hint for b in reductions]
     if (len(reductions) == 1 and _is_shared_channel_reduction(sch, reductions[0])) or _are_joined_channel_reductions(
         sch, reductions
     ):
-        names = [sch.get(block).name_hint for block in reductions]
-        outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
-        try_inline_all(sch, keep={*names, *outputs})
+        try_inline_all(sch, keep={*names, *_output_names(sch)})
         schedule_channel_reduction(sch, [sch.get_sblock(name) for name in names], facts)
         return "channel-reduction"
-    names = [sch.get(b).name_hint for b in reductions]
     layers = [name for b, name in zip(reductions, names, strict=True) if "S" in _block_kinds(sch, b)]
     if len(layers) == 1 and _loops_match_iters(sch, sch.get_sblock(layers[0])):
         # A layer, with any full reductions of its output beside it (``join_quantize_outputs``): those computed in
@@ -1007,7 +1007,7 @@ def _schedule_layer(sch: s_tir.Schedule, anchor_name: str, reduced: list[str], f
     named ``reduced`` (of the epilogue's output) computed in the tile (``in_tile``) or after it, the rest
     elementwise."""
     anchor = sch.get_sblock(anchor_name)
-    keep = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
+    keep = _output_names(sch)
     keep.update([anchor_name, *reduced])
     tail = _tail_before_broadcast(sch, anchor)
     if tail is not None:
@@ -1046,11 +1046,14 @@ def _compute_in_tile(sch: s_tir.Schedule, block, loop, facts: CPUFacts) -> None:
         return
     inner = sch.get_loops(block)[-1]
     extent = _extent(sch, inner) or 0
-    lanes = vector_width(extent, facts.lanes(_dtype_of(sch, block))) if extent else 1
-    if lanes > 1 and extent == lanes:
-        sch.vectorize(inner)
-    elif lanes > 1:
-        sch.vectorize(sch.split(inner, [None, lanes])[1])
+    _vectorize_in(sch, inner, vector_width(extent, facts.lanes(_dtype_of(sch, block))) if extent else 1)
+
+
+def _vectorize_in(sch: s_tir.Schedule, loop, lanes: int) -> None:
+    """``loop`` vectorised in vectors of ``lanes`` (which divides its extent): whole, or its inner split; left
+    scalar for one lane."""
+    if lanes > 1:
+        sch.vectorize(loop if lanes == _extent(sch, loop) else sch.split(loop, [None, lanes])[1])
 
 
 # A map reduced to one value per channel (a squeeze-excite block's mean, the per-channel max|h| of a gated layer's

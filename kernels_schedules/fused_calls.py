@@ -90,15 +90,22 @@ def join_functions(
     consumer = consumer.bind_params(bound)
     bindings = [b for block in producer.body.blocks for b in block.bindings]
     bindings += [b for block in consumer.body.blocks for b in block.bindings]
-    if keep_producer_result:
-        result = relax.DataflowVar("joined", relax.TupleType([producer.ret_ty, consumer.ret_ty]))
-        bindings.append(relax.VarBinding(result, relax.Tuple([producer.body.body, consumer.body.body])))
+    results = [producer.body.body, consumer.body.body] if keep_producer_result else [consumer.body.body]
+    return fused_function([*producer.params, *extra], bindings, results, producer.attrs)
+
+
+def fused_function(params: list[relax.Var], bindings: list[relax.Binding], results: list[relax.Expr], attrs):
+    """A fused function of ``params`` running ``bindings`` (one dataflow block) and returning ``results``: the one,
+    or a tuple of several."""
+    bindings = list(bindings)
+    if len(results) > 1:
+        result = relax.DataflowVar("joined", relax.TupleType([r.ty for r in results]))
+        bindings.append(relax.VarBinding(result, relax.Tuple(results)))
     else:
-        result = consumer.body.body
+        result = results[0]
     out = relax.Var("joined_out", result.ty)
     bindings.append(relax.VarBinding(out, result))
-    body = relax.SeqExpr([relax.DataflowBlock(bindings)], out)
-    return relax.Function([*producer.params, *extra], body, out.ty, True, producer.attrs)
+    return relax.Function(params, relax.SeqExpr([relax.DataflowBlock(bindings)], out), out.ty, True, attrs)
 
 
 class CallJoiner:

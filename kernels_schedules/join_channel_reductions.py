@@ -18,7 +18,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax, s_tir, tirx
 
-from edgetvm.kernels_schedules.fused_calls import CallJoiner, fused_callee, prim_funcs
+from edgetvm.kernels_schedules.fused_calls import CallJoiner, fused_callee, fused_function, prim_funcs
 from edgetvm.pipeline.passes.bindings import static_shape
 
 
@@ -79,12 +79,8 @@ class _Joiner(CallJoiner):
             param = relax.Var("reduced", self._map_of(first).ty)
             bodies = [self._body_on(binding, param) for binding in (first, second)]
             bindings = [b for body, _ in bodies for b in body]
-            result = relax.DataflowVar("joined", relax.TupleType([first.var.ty, second.var.ty]))
-            bindings.append(relax.VarBinding(result, relax.Tuple([value for _, value in bodies])))
-            out = relax.Var("joined_out", result.ty)
-            bindings.append(relax.VarBinding(out, result))
-            body = relax.SeqExpr([relax.DataflowBlock(bindings)], out)
-            func = relax.Function([param], body, out.ty, True, tvm.ir.make_node("ir.DictAttrs", Primitive=True))
+            attrs = tvm.ir.make_node("ir.DictAttrs", Primitive=True)
+            func = fused_function([param], bindings, [value for _, value in bodies], attrs)
             self.joined[names] = self.builder.add_func(func, f"{names[0]}_{names[1]}")
         return relax.Call(self.joined[names], [self._map_of(first)])
 
