@@ -34,14 +34,13 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from edgetvm.pipeline.calibrate import prepare_calibration, quantization_manifest, ranges_files
     from edgetvm.pipeline.ingest import load_model
     from edgetvm.pipeline.quantize import quantize, scheme_for_target
-    from edgetvm.pipeline.schemes import get_scheme
     from edgetvm.pipeline.tensor_spec import parse_shape_option
     from edgetvm.targets import resolve_target
 
     target = resolve_target(args.target)
     target.check_toolchain()
     budget = _budget(args)
-    scheme = scheme_for_target(get_scheme(args.quantize), target)
+    scheme = scheme_for_target(_chosen_scheme(args), target)
     # With --quantize, the accuracy budget drives mixed precision, measured on host builds for any target.
     mixed = budget.max_accuracy_drop is not None and not scheme.is_float
     if not budget.empty and not (mixed and budget.max_latency_ms is None and budget.max_regression is None):
@@ -334,6 +333,28 @@ def _add_gate_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--junit", type=Path, metavar="FILE", help="write every gate as a JUnit XML test case")
 
 
+def _add_scheme_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quantize", default="none", metavar="SCHEME", help="quantization scheme (default none)")
+    group = parser.add_argument_group("granularity (default: the scheme's)")
+    group.add_argument(
+        "--weight-granularity",
+        metavar="G",
+        help="per-channel (one weight scale per output channel) or per-tensor (one per layer)",
+    )
+    group.add_argument(
+        "--activation-granularity",
+        metavar="G",
+        help="per-tensor (one activation scale per layer input) or, for dynamic schemes, per-row (one per row of "
+        "each matmul's input; convs keep per-tensor)",
+    )
+
+
+def _chosen_scheme(args: argparse.Namespace):
+    from edgetvm.pipeline.schemes import get_scheme, with_granularity
+
+    return with_granularity(get_scheme(args.quantize), args.weight_granularity, args.activation_granularity)
+
+
 def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("calibration (static schemes: w8a8-static)")
     group.add_argument(
@@ -398,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--target", "-t", required=True, help="preset name, inline JSON or JSON file")
     p.add_argument("--output", "-o", required=True, help="artifact directory to write")
-    p.add_argument("--quantize", default="none", metavar="SCHEME", help="quantization scheme (default none)")
+    _add_scheme_options(p)
     _add_calibration_options(p)
     p.add_argument("--db", metavar="DIR", help="apply the records of this tuning database (edgetvm tune --db)")
     _add_inputs_options(p)  # what the budgets measure with (x86 builds: run here)
@@ -438,7 +459,7 @@ def _add_tune_command(sub) -> None:
     p = sub.add_parser("tune", help="search faster schedules with MetaSchedule, seeded with the default ones")
     _add_model_options(p)
     p.add_argument("--target", "-t", required=True, help="preset name, inline JSON or JSON file")
-    p.add_argument("--quantize", default="none", metavar="SCHEME", help="quantization scheme (default none)")
+    _add_scheme_options(p)
     _add_calibration_options(p)
     p.add_argument("--trials", type=int, required=True, help="measured candidates in this run, all tasks together")
     p.add_argument("--db", required=True, metavar="DIR", help="tuning database directory (created, or continued)")
@@ -464,7 +485,6 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     from edgetvm.pipeline.ingest import load_model
     from edgetvm.pipeline.quantize import prepare_for_target
-    from edgetvm.pipeline.schemes import get_scheme
     from edgetvm.pipeline.tensor_spec import parse_shape_option
     from edgetvm.pipeline.tune import TuneOptions, local_measurer, tune_model
     from edgetvm.targets import resolve_target
@@ -472,7 +492,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     target = resolve_target(args.target)
     target.check_toolchain()
     options = TuneOptions(args.trials, Path(args.db), args.trials_per_iter, args.population)
-    scheme = get_scheme(args.quantize)
+    scheme = _chosen_scheme(args)
     with _progress(args, f"importing {args.model}"):
         imported = load_model(args.model, parse_shape_option(args.input_shape))
     with _progress(args, "calibrating" if scheme.activation_mode == "static" else "quantizing") as progress:

@@ -35,7 +35,11 @@ def _w8a8_dynamic_pipeline(options: PipelineOptions) -> list:
         # 1. Fold constant subgraphs (e.g. a transposed Gemm weight) so that weights reach conv2d/matmul as constants.
         tvm.relax.transform.FoldConstant(),
         # 2. conv2d / matmul with constant weights -> int8 x int8 -> int32, dequantized to float32.
-        DynamicQuantize(options.keep_float),
+        DynamicQuantize(
+            options.keep_float,
+            per_tensor_weights=options.scheme.weight_granularity == "per-tensor",
+            per_row=options.scheme.activation_granularity == "per-row",
+        ),
         # 3. Batch norms become multiply-adds with constants (folded), which DynamicRequantize can see through.
         tvm.relax.transform.DecomposeOpsForInference(),
         tvm.relax.transform.FoldConstant(),

@@ -5,6 +5,7 @@ Adding a scheme is one ``register_scheme(QuantScheme(...))`` here plus its pass 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, fields
 
 from edgetvm.errors import InputError
@@ -16,6 +17,7 @@ LAYER_POLICY_FIELDS = ("min_input_channels", "min_macs", "min_macs_per_input")
 
 WEIGHT_GRANULARITIES = ("per-channel", "per-tensor")
 ACTIVATION_MODES = ("none", "static", "dynamic")
+ACTIVATION_GRANULARITIES = ("per-tensor", "per-row")
 WEIGHT_BITS = (1, 2, 4, 8, 32)
 CALIBRATION_METHODS = tuple(method.value for method in CalibrationMethod)
 
@@ -40,6 +42,11 @@ class QuantScheme:
         ``none`` (float activations), ``static`` (scales from calibration) or ``dynamic`` (scales at run time).
     calibration : str or None
         The calibration method for static activations (``minmax``, ``percentile``, ``entropy``); None otherwise.
+    activation_granularity : str
+        ``per-tensor`` (one activation scale per layer input) or, for dynamic activations, ``per-row``: each row
+        of a matmul's input (its last axis: a token's or a sample's features) gets its own scale, so one row's
+        outlier costs no other row precision and a row's result does not depend on the rows batched with it.
+        Convs keep one scale per input tensor.
     min_input_channels : int
         conv2d layers (one group) with fewer input channels stay float: a network's first layer over 3 colour
         channels has no reduction for the int8 kernels to vectorise, and ran 2.8x slower in int8 than in float
@@ -63,6 +70,7 @@ class QuantScheme:
     symmetric: bool
     activation_mode: str
     calibration: str | None = None
+    activation_granularity: str = "per-tensor"
     min_input_channels: int = 0
     min_macs: int = 0
     min_macs_per_input: int = 0
@@ -74,6 +82,12 @@ class QuantScheme:
         _check_choice(self.name, "weight_granularity", WEIGHT_GRANULARITIES, self.weight_granularity)
         _check_choice(self.name, "symmetric", (True, False), self.symmetric)
         _check_choice(self.name, "activation_mode", ACTIVATION_MODES, self.activation_mode)
+        _check_choice(self.name, "activation_granularity", ACTIVATION_GRANULARITIES, self.activation_granularity)
+        if self.activation_granularity == "per-row" and self.activation_mode != "dynamic":
+            raise InputError(
+                f"quantization scheme {self.name!r}: field 'activation_granularity' can be 'per-row' only when "
+                f"activation_mode is 'dynamic' (scales computed at run time), got {self.activation_mode!r}"
+            )
         if self.activation_mode == "static" and not self.calibration:
             raise InputError(
                 f"quantization scheme {self.name!r}: field 'calibration' must name a method when "
@@ -168,6 +182,47 @@ def scheme_as_built(entry: dict) -> QuantScheme:
         for field in fields(QuantScheme)
     }
     return QuantScheme(**values)
+
+
+def with_granularity(scheme: QuantScheme, weights: str | None = None, activations: str | None = None) -> QuantScheme:
+    """``scheme`` with its weight and activation granularity replaced by the ones given (None keeps the preset's):
+    ``compile --weight-granularity per-tensor --activation-granularity per-row``. The manifest records the result.
+
+    Raises
+    ------
+    InputError
+        For a granularity given to the float scheme, an unknown one, or per-row activations of a scheme whose
+        activation scales are not computed at run time.
+    """
+    if weights is None and activations is None:
+        return scheme
+    given = [f"--{kind}-granularity" for kind, value in (("weight", weights), ("activation", activations)) if value]
+    if scheme.is_float:
+        raise InputError(
+            f"{', '.join(given)}: scheme {scheme.name!r} quantizes nothing; give --quantize with a quantized scheme "
+            f"({', '.join(s.name for s in list_schemes() if not s.is_float)})"
+        )
+    for option, value, allowed in (
+        ("--weight-granularity", weights, WEIGHT_GRANULARITIES),
+        ("--activation-granularity", activations, ACTIVATION_GRANULARITIES),
+    ):
+        if value is not None and value not in allowed:
+            raise InputError(f"{option} {value}: not a granularity; use one of {', '.join(allowed)}")
+    if activations == "per-row" and scheme.activation_mode != "dynamic":
+        dynamic = ", ".join(s.name for s in list_schemes() if s.activation_mode == "dynamic")
+        raise InputError(
+            f"--activation-granularity per-row: {scheme.name} does not compute activation scales at run time "
+            f"(activation mode {scheme.activation_mode!r}); use a dynamic scheme ({dynamic})"
+        )
+    weights, activations = weights or scheme.weight_granularity, activations or scheme.activation_granularity
+    if (weights, activations) == (scheme.weight_granularity, scheme.activation_granularity):
+        return scheme
+    return dataclasses.replace(
+        scheme,
+        description=f"{scheme.description}; built with {weights} weights and {activations} activations",
+        weight_granularity=weights,
+        activation_granularity=activations,
+    )
 
 
 def list_schemes() -> list[QuantScheme]:

@@ -176,3 +176,27 @@ def _one_conv(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def one_conv_path(tmp_path_factory) -> Path:
     return _one_conv(tmp_path_factory.mktemp("models") / "one_conv.onnx")
+
+
+MNIST_BATCH = 8
+
+
+def _batched(model: Path, batch: int, path: Path) -> Path:
+    """``model`` with the leading (batch) axis of its inputs and outputs set to ``batch``: its Flatten and Gemms
+    take any batch, and a Gemm's input then has a row per sample."""
+    import onnx
+
+    proto = onnx.load(model)
+    for value in [*proto.graph.input, *proto.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_value = batch
+    onnx.checker.check_model(proto)
+    onnx.save(proto, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist_batched_path(tmp_path_factory) -> Path:
+    """The trained MNIST CNN taking ``MNIST_BATCH`` images a run ([8, 1, 28, 28] -> [8, 10] logits)."""
+    from edgetvm.pipeline.trained_models import trained_model_path
+
+    return _batched(trained_model_path("mnist-cnn"), MNIST_BATCH, tmp_path_factory.mktemp("models") / "mnist-b8.onnx")

@@ -1,9 +1,11 @@
 """DynamicQuantize: float32 conv2d / matmul with constant weights -> int8 x int8 -> int32, dequantized to float32.
 
-Weights are quantized offline, symmetric, one scale per output channel (``max|w| / 127``). Activations are
-quantized at run time, symmetric, one scale per tensor computed in the graph (``max|x| / 127``). The int32
-accumulator is converted back to float32 and multiplied by ``x_scale * w_scale[channel]``, so every rewritten
-operator takes and returns float32 and the rest of the graph is unchanged.
+Weights are quantized offline, symmetric, one scale per output channel (``max|w| / 127``; or one for the whole
+weight). Activations are quantized at run time, symmetric, one scale per tensor computed in the graph
+(``max|x| / 127``), or with ``per_row`` one per row of a matmul's input (``max|x|`` over its last axis, kept as a
+``(..., M, 1)`` column that broadcasts over the result's rows). The int32 accumulator is converted back to float32
+and multiplied by ``x_scale * w_scale[channel]``, so every rewritten operator takes and returns float32 and the rest
+of the graph is unchanged.
 
 Between two int8 layers ``dynamic_requantize.py`` then quantizes the int32 accumulator straight to the next
 layer's int8 with its run-time scale. Static (calibrated) scales and their requantization are
@@ -29,11 +31,17 @@ class DynamicQuantize:
     """Rewrite float32 ``relax.nn.conv2d`` and ``relax.matmul`` with constant weights to int8 compute.
 
     Everything else (other operators, non-constant weights, other dtypes) stays float, and so do the layers
-    whose keys (see ``quant_layers``) are in ``keep_float``.
+    whose keys (see ``quant_layers``) are in ``keep_float``. ``per_tensor_weights``: one weight scale per layer
+    rather than per output channel; ``per_row``: one activation scale per row of each matmul's input (convs keep
+    one per tensor).
     """
 
-    def __init__(self, keep_float: frozenset[str] = frozenset()):
+    def __init__(
+        self, keep_float: frozenset[str] = frozenset(), per_tensor_weights: bool = False, per_row: bool = False
+    ):
         self.keep_float = frozenset(keep_float)
+        self.per_tensor_weights = per_tensor_weights
+        self.per_row = per_row
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         return rewrite_main(mod, self._rewrite)
@@ -42,8 +50,9 @@ class DynamicQuantize:
         layer = INT8_LAYERS.get(call.op.name)
         if layer is None or key in self.keep_float:
             return call
-        x_int8, x_scale = _quantize_activation(call.args[0])
-        built = layer(call, x_int8, call.args[1])
+        rows = self.per_row and call.op.name == "relax.matmul" and call.args[0].ty.ndim >= 2
+        x_int8, x_scale = _quantize_activation(call.args[0], rows)
+        built = layer(call, x_int8, call.args[1], self.per_tensor_weights)
         if built is None:
             return call
         acc, w_scale = built
@@ -114,10 +123,12 @@ def quantize_weight(weight: np.ndarray, channel_axis: int, per_tensor: bool = Fa
     return np.moveaxis(quantized, 0, channel_axis), scale
 
 
-def _quantize_activation(data: relax.Expr) -> tuple[relax.Expr, relax.Expr]:
+def _quantize_activation(data: relax.Expr, per_row: bool = False) -> tuple[relax.Expr, relax.Expr]:
     # max(max|x|, eps) as the largest of max(|x|, eps): the floor is fused into the reduction's kernel. Applied to
     # the reduced scalar, it was a kernel of its own per layer input, shared by the quantize and the dequantize.
-    max_abs = R.max(R.maximum(R.abs(data), relax.const(EPSILON, "float32")))
+    # Per row: the same over the last axis, kept as a column of scales.
+    floored = R.maximum(R.abs(data), relax.const(EPSILON, "float32"))
+    max_abs = R.max(floored, axis=-1, keepdims=True) if per_row else R.max(floored)
     scale = R.divide(max_abs, relax.const(float(QMAX), "float32"))
     # Multiply by the reciprocal, one scalar division: a division per element costs several multiply-adds.
     rounded = R.round(R.multiply(data, R.divide(relax.const(float(QMAX), "float32"), max_abs)))
@@ -126,6 +137,7 @@ def _quantize_activation(data: relax.Expr) -> tuple[relax.Expr, relax.Expr]:
 
 
 def _dequantize(acc: relax.Expr, x_scale: relax.Expr, w_scale: np.ndarray) -> relax.Expr:
-    """``acc * x_scale * w_scale``: the runtime scalar and the constant per-channel scales apply one after the
-    other, so the channel broadcast involves only a constant (which layout conversion can transform)."""
+    """``acc * x_scale * w_scale``: the run-time scale (a scalar, or a column of per-row scales) and the constant
+    per-channel scales apply one after the other, so the channel broadcast involves only a constant (which layout
+    conversion can transform)."""
     return R.multiply(R.multiply(R.astype(acc, "float32"), x_scale), relax.const(w_scale.astype(np.float32)))

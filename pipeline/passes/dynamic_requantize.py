@@ -32,7 +32,9 @@ having constant or run-time scalar operands, each value on the way used only the
 
 Elementwise ops that cannot run on int8 (hard-swish, sigmoid, a residual add of two layers' outputs...) and values
 with other users (a residual, a second consumer) keep DynamicQuantize's float form; so does every layer input that
-does not come from an int32 accumulator.
+does not come from an int32 accumulator, and every input quantized per row (``DynamicQuantize(per_row=True)``): a
+row's scale is the largest over all of its channels, each dequantized with its own constants, so the float row is
+needed whole.
 """
 
 from __future__ import annotations

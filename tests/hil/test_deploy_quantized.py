@@ -34,6 +34,26 @@ def test_quantized_mnist_on_the_board(emulated_board, tmp_path, scheme):
         assert int(outputs["logits"].argmax()) == int(labels[0])
 
 
+def test_per_row_dynamic_mnist_batch_on_the_board(emulated_board, tmp_path, mnist_batched_path):
+    """w8a8-dynamic with a scale per row (digit) of the dense layer's input: eight digits a run on the board agree
+    with onnxruntime's float run of the same batch."""
+    artifact = tmp_path / "artifact"
+    argv = ["-q", "compile", str(mnist_batched_path), "-t", "rpi4", "--quantize", "w8a8-dynamic"]
+    assert main([*argv, "--activation-granularity", "per-row", "-o", str(artifact)]) == 0
+    images, labels = load_eval_set("mnist-cnn")
+    inputs = tmp_path / "digits.npz"
+    np.savez(inputs, image=images[:8])
+    report_path = tmp_path / "report.json"
+    argv = ["-q", "deploy", str(artifact), "--board", "emulated", "--repeat", "2", "--inputs", str(inputs)]
+    assert main([*argv, "-o", str(report_path)]) == 0
+    (output,) = json.loads(report_path.read_text())["accuracy"]["outputs"]
+    assert output["top1_agreement"] == 1.0 and output["cosine"] > MIN_COSINE, output
+    assert output["max_abs_error"] > 1e-4
+    with np.load(report_path.with_suffix(".outputs.npz")) as outputs:
+        assert outputs["logits"].shape == (8, 10)
+        assert np.mean(outputs["logits"].argmax(axis=1) == labels[:8]) >= 7 / 8
+
+
 def test_onnxruntime_quantized_mnist_on_the_board(emulated_board, tmp_path):
     """A QDQ model from onnxruntime's quantize_static keeps its own scales: built for rpi4, run on the board, it
     agrees with onnxruntime running the same quantized model on the host."""

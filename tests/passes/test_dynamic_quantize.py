@@ -195,3 +195,94 @@ def test_layers_are_keyed_in_binding_order_and_keep_float_leaves_them_float(weig
     kept = DynamicQuantize(keep_float=frozenset({"matmul_0"}))(mod)
     dtypes = {c.op.name: c.ty.dtype for c in _calls(kept) if c.op.name in ("relax.nn.conv2d", "relax.matmul")}
     assert dtypes == {"relax.nn.conv2d": "int32", "relax.matmul": "float32"}
+
+
+# per-row activation scales (matmul) and per-tensor weight scales
+
+ROWS = 6
+
+
+def _mlp(weights) -> tvm.IRModule:
+    """x [ROWS, 64] -> matmul + relu -> matmul: two layers whose inputs have a row each per sample."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((ROWS, 64), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            hidden = bb.emit(R.nn.relu(R.matmul(x, relax.const(weights["dense"][:, :4].repeat(12, axis=1)))))
+            out = bb.emit_output(R.matmul(hidden, relax.const(weights["dense"][:48])))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    max_abs = np.maximum(np.abs(x), np.float32(EPSILON)).max(axis=-1, keepdims=True)
+    return np.clip(np.round(x * (np.float32(127) / max_abs)), -127, 127).astype(np.int64), max_abs / np.float32(127)
+
+
+def _emulate_mlp(weights, x: np.ndarray, per_tensor_weights: bool = False) -> np.ndarray:
+    value = x
+    dense = [weights["dense"][:, :4].repeat(12, axis=1), weights["dense"][:48]]
+    for i, weight in enumerate(dense):
+        xq, x_scale = _quantize_rows(value)
+        wq, w_scale = quantize_weight(weight, 1, per_tensor_weights)
+        value = (xq @ wq.astype(np.int64)).astype(np.float32) * x_scale * w_scale
+        value = np.maximum(value, 0) if i == 0 else value
+    return value
+
+
+def _run_kernels(mod: tvm.IRModule, x: np.ndarray) -> np.ndarray:
+    """Built as edgetvm builds for this host: its fusion passes and default schedules."""
+    from edgetvm.kernels_schedules import pipeline as kernels_pipeline
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
+    executable = tvm.compile(mod, target=target, relax_pipeline=kernels_pipeline.relax_pipeline(target))
+    return relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def _reductions(mod: tvm.IRModule) -> list[tuple[list[int] | None, tuple]]:
+    """(axes, result shape) of every max in ``mod``'s main: the activation scales' reductions."""
+    found = [c for c in _calls(mod) if c.op.name == "relax.max"]
+    return [(None if c.attrs.axis is None else [int(a) for a in c.attrs.axis], tuple(c.ty.shape)) for c in found]
+
+
+def test_per_row_reduces_each_matmul_row_and_leaves_convs_per_tensor(weights):
+    assert _reductions(DynamicQuantize(per_row=True)(_mlp(weights))) == [([-1], (ROWS, 1)), ([-1], (ROWS, 1))]
+    assert _reductions(DynamicQuantize()(_mlp(weights))) == [(None, ()), (None, ())]
+    # the conv's input keeps one scale; the matmul's one row (1, 64) gets a (1, 1) column
+    assert _reductions(DynamicQuantize(per_row=True)(_module(weights))) == [(None, ()), ([-1], (1, 1))]
+
+
+def test_per_row_matches_numpy_int8_emulation_as_edgetvm_builds_it(weights):
+    quantized = DynamicQuantize(per_row=True)(_mlp(weights))
+    rng = np.random.default_rng(3)
+    # rows of very different magnitudes: each keeps its own precision
+    x = (rng.standard_normal((ROWS, 64)) * np.logspace(-3, 2, ROWS)[:, None]).astype(np.float32)
+    expected = _emulate_mlp(weights, x)
+    for got in (_run(quantized, x), _run_kernels(quantized, x)):
+        for row, want in zip(got, expected, strict=True):  # each row to its own magnitude
+            np.testing.assert_allclose(row, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    per_tensor = _run(DynamicQuantize()(_mlp(weights)), x)
+    small = np.abs(per_tensor[0] - expected[0]).max() / np.abs(expected[0]).max()
+    assert small > 0.1, small  # per tensor, the smallest row has a few int8 levels left, per row all 127
+
+
+def test_per_row_results_do_not_depend_on_the_other_rows(weights):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((ROWS, 64)).astype(np.float32)
+    louder = x.copy()
+    louder[1:] *= 100  # the other rows 100 times larger
+    rows = DynamicQuantize(per_row=True)(_mlp(weights))
+    np.testing.assert_array_equal(_run_kernels(rows, x)[0], _run_kernels(rows, louder)[0])
+    tensor = DynamicQuantize()(_mlp(weights))
+    assert not np.array_equal(_run_kernels(tensor, x)[0], _run_kernels(tensor, louder)[0])
+
+
+def test_per_tensor_weights_share_one_scale(weights):
+    w = weights["dense"][:48]
+    wq, scale = quantize_weight(w, 1, per_tensor=True)
+    assert np.all(scale == scale[0]) and scale[0] == np.float32(np.abs(w).max() / 127)
+    assert np.abs(wq).max() == 127 and np.abs(wq).max(axis=0).min() < 127  # some columns use fewer levels
+    x = np.random.default_rng(5).standard_normal((ROWS, 64)).astype(np.float32)
+    got = _run(DynamicQuantize(per_tensor_weights=True, per_row=True)(_mlp(weights)), x)
+    expected = _emulate_mlp(weights, x, per_tensor_weights=True)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())

@@ -3,7 +3,15 @@ import dataclasses
 import pytest
 
 from edgetvm.errors import InputError
-from edgetvm.pipeline.schemes import QuantScheme, get_scheme, list_schemes, register_scheme, unregister_scheme
+from edgetvm.pipeline.schemes import (
+    QuantScheme,
+    get_scheme,
+    list_schemes,
+    register_scheme,
+    scheme_as_built,
+    unregister_scheme,
+    with_granularity,
+)
 
 
 def _scheme(**changes) -> QuantScheme:
@@ -96,8 +104,6 @@ def test_static_scheme_names_its_calibration_method():
 
 
 def test_scheme_as_built_takes_the_manifest_fields_and_zero_for_policies_it_lacks():
-    from edgetvm.pipeline.schemes import scheme_as_built
-
     entry = get_scheme("w8a8-dynamic").manifest_entry()
     assert scheme_as_built(entry) == get_scheme("w8a8-dynamic")
     # an artifact from before min_macs_per_input (and min_macs) quantized those layers
@@ -106,3 +112,49 @@ def test_scheme_as_built_takes_the_manifest_fields_and_zero_for_policies_it_lack
     assert (built.min_macs, built.min_macs_per_input, built.min_input_channels) == (0, 0, 16)
     static = {**get_scheme("w8a8-static").manifest_entry(), "calibration": "entropy", "calibration_samples": 8}
     assert scheme_as_built(static).calibration == "entropy"
+
+
+def test_per_row_activations_need_run_time_scales():
+    assert _scheme(activation_granularity="per-row").activation_granularity == "per-row"
+    with pytest.raises(InputError, match="'activation_granularity' can be 'per-row' only when activation_mode is"):
+        _scheme(activation_mode="static", calibration="minmax", activation_granularity="per-row")
+    with pytest.raises(InputError, match="must be one of 'per-tensor', 'per-row', got 'per-column'"):
+        _scheme(activation_granularity="per-column")
+
+
+def test_with_granularity_replaces_the_preset_fields_and_says_so():
+    dynamic = get_scheme("w8a8-dynamic")
+    assert with_granularity(dynamic) is dynamic
+    assert with_granularity(dynamic, "per-channel", "per-tensor") is dynamic  # the preset's own values
+    built = with_granularity(dynamic, activations="per-row")
+    assert (built.weight_granularity, built.activation_granularity) == ("per-channel", "per-row")
+    assert built.description.endswith("; built with per-channel weights and per-row activations")
+    assert built.min_macs == dynamic.min_macs and built.name == "w8a8-dynamic"
+    static = with_granularity(get_scheme("w8a8-static"), weights="per-tensor")
+    assert (static.weight_granularity, static.activation_granularity) == ("per-tensor", "per-tensor")
+    assert scheme_as_built(static.manifest_entry()) == static
+
+
+@pytest.mark.parametrize(
+    "scheme, weights, activations, message",
+    [
+        ("none", "per-tensor", None, "--weight-granularity: scheme 'none' quantizes nothing; give --quantize with"),
+        ("w8a8-dynamic", "per-row", None, "--weight-granularity per-row: not a granularity; use one of per-channel"),
+        (
+            "w8a8-dynamic",
+            None,
+            "row",
+            "--activation-granularity row: not a granularity; use one of per-tensor, per-row",
+        ),
+        (
+            "w8a8-static",
+            None,
+            "per-row",
+            "--activation-granularity per-row: w8a8-static does not compute activation scales at run time",
+        ),
+    ],
+)
+def test_with_granularity_refuses_what_the_scheme_cannot_build(scheme, weights, activations, message):
+    with pytest.raises(InputError) as info:
+        with_granularity(get_scheme(scheme), weights, activations)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
