@@ -17,6 +17,7 @@ from edgetvm.kernels_schedules.join_channel_reductions import JoinChannelReducti
 from edgetvm.kernels_schedules.join_quantize_outputs import JoinQuantizeOutputs
 from edgetvm.kernels_schedules.pad_conv_channels import PadConvChannels
 from edgetvm.kernels_schedules.quantize_in_consumer import QuantizeInConsumer
+from edgetvm.kernels_schedules.split_broadcast_quantize import SplitBroadcastQuantize
 from edgetvm.kernels_schedules.unfold_columns_kernel import UnfoldColumnsKernel
 from edgetvm.kernels_schedules.vectorizable_intrinsics import register as register_vectorizable_intrinsics
 
@@ -46,7 +47,8 @@ def layout_passes(target: tvm.target.Target) -> list:
 def fusion_passes(target: tvm.target.Target) -> list:
     """TVM's legalization and fusion, with one-value operations copied for each user before it (for FuseOps to fuse
     each copy into its user) and, between FuseOps and FuseTIR, the per-channel reductions of one map joined, a layer's
-    output and its quantize joined and a quantize joined to its int8 layer."""
+    output and its quantize joined, a one-pixel layer's kernel split from the map quantize FuseOps gave it, and a
+    quantize joined to its int8 layer."""
     passes = cpu_generic.legalize_passes(target)
     fuse_tir = next(i for i, p in enumerate(passes) if p.info.name == "FuseTIR")
     return [
@@ -54,6 +56,7 @@ def fusion_passes(target: tvm.target.Target) -> list:
         *passes[:fuse_tir],
         JoinChannelReductions(),  # first: the per-channel max|h| a gate's scale needs then comes before the gate
         JoinQuantizeOutputs(),
+        SplitBroadcastQuantize(),  # before QuantizeInConsumer, which takes the map's quantize into its layer
         QuantizeInConsumer(),
         *passes[fuse_tir:],
     ]
