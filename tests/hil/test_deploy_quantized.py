@@ -13,6 +13,20 @@ from edgetvm.pipeline.trained_models import calibration_set_path, load_eval_set,
 MIN_COSINE = 0.99
 
 
+def _on_the_board(artifact, tmp_path, images: np.ndarray, *extra: str) -> tuple[dict, dict, np.ndarray]:
+    """``artifact`` deployed to the emulated board on ``images``: the report, its one output's accuracy entry and
+    the logits the board computed."""
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, image=images)
+    report_path = tmp_path / "report.json"
+    argv = ["-q", "deploy", str(artifact), "--board", "emulated", "--repeat", "2", "--inputs", str(inputs), *extra]
+    assert main([*argv, "-o", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    (output,) = report["accuracy"]["outputs"]
+    with np.load(report_path.with_suffix(".outputs.npz")) as outputs:
+        return report, output, outputs["logits"]
+
+
 @pytest.mark.parametrize("scheme", ["w8a8-static", "w8a8-dynamic"])
 def test_quantized_mnist_on_the_board(emulated_board, tmp_path, scheme):
     model = trained_model_path("mnist-cnn")
@@ -20,18 +34,11 @@ def test_quantized_mnist_on_the_board(emulated_board, tmp_path, scheme):
     artifact = tmp_path / "artifact"
     assert main(["-q", "compile", str(model), "-t", "rpi4", "--quantize", scheme, *calib, "-o", str(artifact)]) == 0
     images, labels = load_eval_set("mnist-cnn")
-    inputs = tmp_path / "digit.npz"
-    np.savez(inputs, image=images[:1])
-    report_path = tmp_path / "report.json"
-    argv = ["-q", "deploy", str(artifact), "--board", "emulated", "--repeat", "2", "--inputs", str(inputs)]
-    assert main([*argv, "-o", str(report_path)]) == 0
-    report = json.loads(report_path.read_text())
-    (output,) = report["accuracy"]["outputs"]
+    report, output, logits = _on_the_board(artifact, tmp_path, images[:1])
     assert report["accuracy"]["reference_runtime"] == "onnxruntime"
     assert output["top1_agreement"] == 1.0 and output["cosine"] > MIN_COSINE, output
     assert output["max_abs_error"] > 1e-4  # the int8 layers ran, not a float build
-    with np.load(report_path.with_suffix(".outputs.npz")) as outputs:
-        assert int(outputs["logits"].argmax()) == int(labels[0])
+    assert int(logits.argmax()) == int(labels[0])
 
 
 def test_per_row_dynamic_mnist_batch_on_the_board(emulated_board, tmp_path, mnist_batched_path):
@@ -41,17 +48,10 @@ def test_per_row_dynamic_mnist_batch_on_the_board(emulated_board, tmp_path, mnis
     argv = ["-q", "compile", str(mnist_batched_path), "-t", "rpi4", "--quantize", "w8a8-dynamic"]
     assert main([*argv, "--activation-granularity", "per-row", "-o", str(artifact)]) == 0
     images, labels = load_eval_set("mnist-cnn")
-    inputs = tmp_path / "digits.npz"
-    np.savez(inputs, image=images[:8])
-    report_path = tmp_path / "report.json"
-    argv = ["-q", "deploy", str(artifact), "--board", "emulated", "--repeat", "2", "--inputs", str(inputs)]
-    assert main([*argv, "-o", str(report_path)]) == 0
-    (output,) = json.loads(report_path.read_text())["accuracy"]["outputs"]
+    _, output, logits = _on_the_board(artifact, tmp_path, images[:8])
     assert output["top1_agreement"] == 1.0 and output["cosine"] > MIN_COSINE, output
     assert output["max_abs_error"] > 1e-4
-    with np.load(report_path.with_suffix(".outputs.npz")) as outputs:
-        assert outputs["logits"].shape == (8, 10)
-        assert np.mean(outputs["logits"].argmax(axis=1) == labels[:8]) >= 7 / 8
+    assert logits.shape == (8, 10) and np.mean(logits.argmax(axis=1) == labels[:8]) >= 7 / 8
 
 
 def test_onnxruntime_quantized_mnist_on_the_board(emulated_board, tmp_path):
@@ -76,12 +76,6 @@ def test_onnxruntime_quantized_mnist_on_the_board(emulated_board, tmp_path):
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["quantization"]["source"] == "onnx-qdq" and manifest["quantization"]["integer_layers"] >= 3
     images, labels = load_eval_set("mnist-cnn")
-    inputs = tmp_path / "digit.npz"
-    np.savez(inputs, image=images[:1])
-    report_path = tmp_path / "report.json"
-    argv = ["-q", "deploy", str(artifact), "--board", "emulated", "--repeat", "2", "--inputs", str(inputs)]
-    assert main([*argv, "--reference", str(model), "-o", str(report_path)]) == 0
-    (output,) = json.loads(report_path.read_text())["accuracy"]["outputs"]
+    _, output, logits = _on_the_board(artifact, tmp_path, images[:1], "--reference", str(model))
     assert output["top1_agreement"] == 1.0 and output["cosine"] > MIN_COSINE, output
-    with np.load(report_path.with_suffix(".outputs.npz")) as outputs:
-        assert int(outputs["logits"].argmax()) == int(labels[0])
+    assert int(logits.argmax()) == int(labels[0])
