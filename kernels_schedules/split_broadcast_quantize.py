@@ -86,6 +86,8 @@ class _Splitter(CallJoiner):
         return self.split[name]
 
     def _split(self, func: relax.Function, result_ty: relax.Type, name: str):
+        """``func`` cut after its conv's per-channel values (see the module docstring), its two parts added to the
+        module as ``name_gate`` and ``name_map``; None when it is not a one-pixel conv quantizing a larger map."""
         if not isinstance(result_ty, relax.TensorType) or result_ty.dtype not in _INT8:
             return None
         patterns = tir_patterns(self.mod, func)
