@@ -246,7 +246,12 @@ def _reductions(mod: tvm.IRModule) -> list[tuple[list[int] | None, tuple]]:
 
 
 def test_per_row_reduces_each_matmul_row_and_leaves_convs_per_tensor(weights):
-    assert _reductions(DynamicQuantize(per_row=True)(_mlp(weights))) == [([-1], (ROWS, 1)), ([-1], (ROWS, 1))]
+    rows = DynamicQuantize(per_row=True)(_mlp(weights))
+    assert _reductions(rows) == [([-1], (ROWS, 1)), ([-1], (ROWS, 1))]
+    matmuls = [c for c in _calls(rows) if c.op.name == "relax.matmul"]
+    assert [([a.ty.dtype for a in c.args], str(c.attrs.out_dtype)) for c in matmuls] == [
+        (["int8", "int8"], "int32")
+    ] * 2
     assert _reductions(DynamicQuantize()(_mlp(weights))) == [(None, ()), (None, ())]
     # the conv's input keeps one scale; the matmul's one row (1, 64) gets a (1, 1) column
     assert _reductions(DynamicQuantize(per_row=True)(_module(weights))) == [(None, ()), ([-1], (1, 1))]
