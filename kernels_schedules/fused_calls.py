@@ -36,6 +36,13 @@ def fused_callee(mod: tvm.IRModule, binding: relax.Binding) -> relax.Function | 
     return func if isinstance(func, relax.Function) and is_fused(func) else None
 
 
+def calls_layer(mod: tvm.IRModule, binding: relax.Binding) -> bool:
+    """Whether ``binding`` calls a fused function holding a conv2d / matmul (a TIR function of pattern
+    ``kOutEWiseFusable``)."""
+    func = fused_callee(mod, binding)
+    return func is not None and OUT_ELEMWISE_FUSABLE in tir_patterns(mod, func)
+
+
 def prim_funcs(mod: tvm.IRModule, func: relax.Function) -> list[tvm.tirx.PrimFunc]:
     """The TIR functions a fused function calls (``call_tir``), in order."""
     called = []

@@ -29,8 +29,8 @@ from tvm import relax
 from edgetvm.kernels_schedules.fused_calls import (
     COMM_REDUCE,
     INJECTIVE,
-    OUT_ELEMWISE_FUSABLE,
     CallJoiner,
+    calls_layer,
     fused_callee,
     tir_patterns,
 )
@@ -77,13 +77,8 @@ class _Joiner(CallJoiner):
         return pairs
 
     def _is_layer(self, binding: relax.Binding) -> bool:
-        func = fused_callee(self.mod, binding)
-        ty = binding.var.ty if isinstance(binding, relax.VarBinding) else None
-        return (
-            func is not None
-            and isinstance(ty, relax.TensorType)
-            and OUT_ELEMWISE_FUSABLE in tir_patterns(self.mod, func)
-        )
+        """A layer's call with one tensor result."""
+        return isinstance(binding.var.ty, relax.TensorType) and calls_layer(self.mod, binding)
 
     def _quantizes(self, binding: relax.Binding, value: relax.Var) -> bool:
         """``binding`` quantizes ``value`` elementwise, or reduces ``value`` (alone, or with tensors of its shape) to

@@ -19,13 +19,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from edgetvm.kernels_schedules.fused_calls import (
-    INJECTIVE,
-    OUT_ELEMWISE_FUSABLE,
-    CallJoiner,
-    fused_callee,
-    tir_patterns,
-)
+from edgetvm.kernels_schedules.fused_calls import INJECTIVE, CallJoiner, calls_layer, fused_callee, tir_patterns
 
 _INT8 = ("int8", "uint8")
 
@@ -47,7 +41,7 @@ class _Joiner(CallJoiner):
         out: list[relax.Binding] = []
         taken: set[relax.Var] = set()
         for binding in bindings:
-            args = binding.value.args if self._is_layer(binding) else []
+            args = binding.value.args if calls_layer(self.mod, binding) else []
             inputs = [a for a in args if isinstance(a, relax.Var) and a in quantizes]
             if len(inputs) == 1:
                 producer = quantizes[inputs[0]]
@@ -67,7 +61,3 @@ class _Joiner(CallJoiner):
             return False
         patterns = tir_patterns(self.mod, func)
         return bool(patterns) and max(patterns) <= INJECTIVE
-
-    def _is_layer(self, binding: relax.Binding) -> bool:
-        func = fused_callee(self.mod, binding)
-        return func is not None and OUT_ELEMWISE_FUSABLE in tir_patterns(self.mod, func)

@@ -27,10 +27,12 @@ from edgetvm.kernels_schedules.fused_calls import (
     INJECTIVE,
     OUT_ELEMWISE_FUSABLE,
     CallJoiner,
+    calls_layer,
     fused_callee,
     fused_function,
     tir_patterns,
 )
+from edgetvm.pipeline.passes.bindings import static_shape
 
 _INT8 = ("int8", "uint8")
 # The quantized map against the conv's output: a gate applied to every pixel of a map, not a layer's epilogue.
@@ -48,12 +50,13 @@ class SplitBroadcastQuantize:
 class _Splitter(CallJoiner):
     def __init__(self, mod: tvm.IRModule):
         super().__init__(mod)
-        self.split: dict[str, tuple[tvm.ir.GlobalVar, tvm.ir.GlobalVar, list[int], list[int]]] = {}
+        # callee name -> (gate function, its result type, map function, the arguments each takes), or None
+        self.split: dict[str, tuple | None] = {}
 
     def rewrite_block(self, block: relax.DataflowBlock, uses: dict[relax.Var, int]) -> relax.DataflowBlock:
         bindings = list(block.bindings)
         layer_inputs = {
-            arg for b in bindings if self._is_layer(b) for arg in b.value.args if isinstance(arg, relax.Var)
+            arg for b in bindings if calls_layer(self.mod, b) for arg in b.value.args if isinstance(arg, relax.Var)
         }
         out: list[relax.Binding] = []
         for binding in bindings:
@@ -63,16 +66,12 @@ class _Splitter(CallJoiner):
             if parts is None:
                 out.append(binding)
                 continue
-            first, second, first_args, second_args = parts
+            first, gate_ty, second, first_args, second_args = parts
             args = list(binding.value.args)
-            gate = relax.DataflowVar("gate", self.builder.get()[first].ret_ty)
+            gate = relax.DataflowVar("gate", gate_ty)
             out.append(relax.VarBinding(gate, relax.Call(first, [args[i] for i in first_args])))
             out.append(relax.VarBinding(binding.var, relax.Call(second, [*(args[i] for i in second_args), gate])))
         return relax.DataflowBlock(out) if len(out) > len(bindings) else block
-
-    def _is_layer(self, binding: relax.Binding) -> bool:
-        func = fused_callee(self.mod, binding)
-        return func is not None and OUT_ELEMWISE_FUSABLE in tir_patterns(self.mod, func)
 
     def _parts(self, binding: relax.VarBinding):
         """The two functions ``binding``'s callee splits into, each added once, and which of the call's arguments
@@ -101,12 +100,13 @@ class _Splitter(CallJoiner):
         head, tail = bindings[:cut], bindings[cut:]
         if not tail:
             return None
-        crossing = [b.var for b in head if _uses(tail, b.var)]
+        head_reads, tail_reads = _reads(head), _reads(tail)
+        crossing = [b.var for b in head if b.var in tail_reads]
         if len(crossing) != 1:
             return None
         gate = crossing[0]
-        first_params = [p for p in func.params if _uses(head, p)]
-        second_params = [p for p in func.params if _uses(tail, p)]
+        first_params = [p for p in func.params if p in head_reads]
+        second_params = [p for p in func.params if p in tail_reads]
         first = fused_function(first_params, head, [gate], func.attrs)
         gate_param = relax.Var("gate", gate.ty)
         second = fused_function(
@@ -115,29 +115,22 @@ class _Splitter(CallJoiner):
         first_var = self.builder.add_func(first, f"{name}_gate")
         second_var = self.builder.add_func(second, f"{name}_map")
         index = {p: i for i, p in enumerate(func.params)}
-        return first_var, second_var, [index[p] for p in first_params], [index[p] for p in second_params]
+        return first_var, gate.ty, second_var, [index[p] for p in first_params], [index[p] for p in second_params]
 
 
 def _elements(expr: relax.Expr) -> int | None:
     """How many values the tensor ``expr`` holds; None for anything else."""
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
-        return None
-    try:
-        return math.prod(int(d) for d in ty.shape)
-    except TypeError:  # symbolic dimensions
-        return None
+    shape = static_shape(expr)
+    return None if shape is None else math.prod(shape)
 
 
-def _uses(bindings: list[relax.Binding], *variables: relax.Var) -> bool:
-    """Whether any of ``bindings`` reads one of ``variables``."""
-    wanted = set(variables)
-    found = False
+def _reads(bindings: list[relax.Binding]) -> set[relax.Var]:
+    """The variables ``bindings`` read."""
+    found: set[relax.Var] = set()
 
     def visit(expr):
-        nonlocal found
-        if isinstance(expr, relax.Var) and expr in wanted:
-            found = True
+        if isinstance(expr, relax.Var):
+            found.add(expr)
 
     for binding in bindings:
         relax.analysis.post_order_visit(binding.value, visit)
