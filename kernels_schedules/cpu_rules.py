@@ -1026,7 +1026,8 @@ def _schedule_layer(sch: s_tir.Schedule, anchor_name: str, reduced: list[str], f
     try_inline_all(sch, keep)
     blocks = tuple(sch.get_sblock(name) for name in reduced) if in_tile else ()
     operand_blocks = tuple(sch.get_sblock(name) for name in operands)
-    tiled = sch.get_sref(schedule_reduction_tile(sch, anchor, facts, blocks, operand_blocks))
+    tile = schedule_reduction_tile(sch, anchor, facts, blocks, operand_blocks)
+    tiled = sch.get_sref(tile)
     for block in _root_blocks(sch):
         if _is_under(sch, block, tiled) or (in_tile and "R" in _block_kinds(sch, block)):
             continue  # the tile, and the partial results' last reductions
@@ -1034,6 +1035,17 @@ def _schedule_layer(sch: s_tir.Schedule, anchor_name: str, reduced: list[str], f
             schedule_full_reduction(sch, block, facts)
         else:
             schedule_elementwise(sch, block, facts, _dtype_of(sch, block))
+            if sch.get(block).name_hint in operands and sch.get(tile).kind == tirx.ForKind.PARALLEL:
+                _parallel_outermost(sch, block)
+
+
+def _parallel_outermost(sch: s_tir.Schedule, block) -> None:
+    """An operand computed beside a parallel tile (several channel tiles would each compute it again): its
+    outermost loop parallel however small, for ``share_parallel_launches`` to run it in the tile's launch, on every
+    thread, rather than on one thread before it (PP-OCR's 1x2x96x32 -> 200 dynamic conv: 7.3-7.6 -> 7.0-7.2 us)."""
+    loops = sch.get_loops(block)
+    if loops and sch.get(loops[0]).kind != tirx.ForKind.PARALLEL and (_extent(sch, loops[0]) or 0) > 1:
+        sch.parallel(loops[0])
 
 
 def _compute_in_tile(sch: s_tir.Schedule, block, loop, facts: CPUFacts) -> None:

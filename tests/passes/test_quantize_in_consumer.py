@@ -10,6 +10,7 @@ from tvm.script import relax as R
 from edgetvm.kernels_schedules import pipeline as kernels_pipeline
 from edgetvm.kernels_schedules.apply_schedules import ApplyCPUSchedules, ScheduleReport
 from edgetvm.kernels_schedules.fused_calls import kernel_calls
+from edgetvm.kernels_schedules.share_parallel_launches import BARRIER, LAUNCH_POINT, share_launches
 from edgetvm.pipeline.passes import DynamicQuantize
 
 X_SHAPE = (1, 16, 24, 24)
@@ -118,3 +119,18 @@ def test_a_layer_with_several_channel_tiles_quantizes_beside_them(fusion_stage, 
     outer = _outer_loops_of_writes(func)
     quantized = outer.get("uint8", set()) | outer.get("int8", set())
     assert quantized and not quantized & outer["int32"], func.script()
+
+
+def test_the_quantize_beside_the_tiles_runs_in_their_launch(fusion_stage):
+    """Beside the tiles, the quantize is cut between the threads in the tiles' own launch of the thread pool, a
+    barrier before the tiles read it (``share_parallel_launches``), not run on one thread before the launch."""
+    func, _ = _scheduled(fusion_stage, HOST, 200)
+    body = share_launches(func).body.block.body
+    statements = body if isinstance(body, tirx.SeqStmt) else [body]
+    launches = [stmt for stmt in statements if isinstance(stmt, tirx.AttrStmt)]
+    assert [launch.attr_key for launch in launches] == [LAUNCH_POINT], func.script()
+    quantize, tiles = launches[0].body
+    assert BARRIER in quantize.annotations and quantize.kind == tiles.kind == tirx.ForKind.PARALLEL
+    outer = _outer_loops_of_writes(func)
+    ((quantized,), (tiled,)) = outer["uint8"], outer["int32"]
+    assert quantized.loop_var.same_as(quantize.loop_var) and tiled.loop_var.same_as(tiles.loop_var)
