@@ -17,6 +17,7 @@ from edgetvm.kernels_schedules.join_channel_reductions import JoinChannelReducti
 from edgetvm.kernels_schedules.join_quantize_outputs import JoinQuantizeOutputs
 from edgetvm.kernels_schedules.pad_conv_channels import PadConvChannels
 from edgetvm.kernels_schedules.quantize_in_consumer import QuantizeInConsumer
+from edgetvm.kernels_schedules.reassociate_run_time_scales import ReassociateRunTimeScales
 from edgetvm.kernels_schedules.share_parallel_launches import ShareParallelLaunches
 from edgetvm.kernels_schedules.split_broadcast_quantize import SplitBroadcastQuantize
 from edgetvm.kernels_schedules.unfold_columns_kernel import UnfoldColumnsKernel
@@ -84,7 +85,9 @@ def relax_pipeline(target: tvm.target.Target, report: ScheduleReport | None = No
                 passes.append(tuned)
             if schedules:
                 passes.append(ApplyCPUSchedules(target, report))
-                passes.append(ShareParallelLaunches())  # on default and tuned schedules alike
+                # On default and tuned schedules alike:
+                passes.append(ReassociateRunTimeScales())
+                passes.append(ShareParallelLaunches())
             passes += cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
             # A kernel with several results (a layer and its output's max|x|, two reductions of one map) leaves a
             # tuple of its output tensors that nothing reads once lowering has bound each result to its tensor;

@@ -5,34 +5,14 @@ import numpy as np
 import pytest
 import tvm
 from tvm import relax, tirx
-from tvm.script import relax as R
 
 from edgetvm.kernels_schedules import pipeline as kernels_pipeline
 from edgetvm.kernels_schedules.apply_schedules import ApplyCPUSchedules, ScheduleReport
 from edgetvm.kernels_schedules.fused_calls import kernel_calls
 from edgetvm.kernels_schedules.share_parallel_launches import BARRIER, LAUNCH_POINT, share_launches
-from edgetvm.pipeline.passes import DynamicQuantize
 
-X_SHAPE = (1, 16, 24, 24)
 HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
 RPI4 = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"})
-
-
-def _dynamic_layer(out_channels: int = 16) -> tvm.IRModule:
-    """y = depthwise 3x3 + bias (float); out = relu(1x1 conv 16 -> ``out_channels`` of y), the conv quantized at
-    run time: y's max|y| joins y's kernel, and the quantize of y has the conv as its one user."""
-    rng = np.random.default_rng(2)
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(X_SHAPE, "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            weight = relax.const(rng.standard_normal((16, 1, 3, 3)).astype("float32"))
-            conv = R.nn.conv2d(x, weight, padding=[1] * 4, groups=16)
-            y = bb.emit(R.add(conv, relax.const(rng.standard_normal((1, 16, 1, 1)).astype("float32"))))
-            layer = relax.const(rng.standard_normal((out_channels, 16, 1, 1)).astype("float32"))
-            out = bb.emit_output(R.nn.relu(R.nn.conv2d(y, layer)))
-        bb.emit_func_output(out)
-    return DynamicQuantize(keep_float=frozenset({"conv2d_0"}))(bb.get())
 
 
 _LEFT_OUT = "QuantizeInConsumer"
@@ -43,7 +23,7 @@ def _int8_results(calls: dict[str, relax.Type]) -> list[str]:
 
 
 def test_no_kernel_writes_the_int8_input_of_a_layer(fusion_stage):
-    mod = _dynamic_layer()
+    mod = fusion_stage.dynamic_layer()
     apart = kernel_calls(fusion_stage.run(mod, HOST, fusion_stage.without(_LEFT_OUT)(HOST)))
     joined = kernel_calls(fusion_stage.run(mod, HOST, kernels_pipeline.fusion_passes(HOST)))
     assert len(_int8_results(apart)) == 1, apart  # the quantize, a kernel of its own
@@ -55,7 +35,7 @@ def test_no_kernel_writes_the_int8_input_of_a_layer(fusion_stage):
 @pytest.mark.parametrize("out_channels", [16, 200])
 def test_same_numbers_as_a_quantize_kernel(fusion_stage, monkeypatch, out_channels):
     """In the tile (16 output channels: one tile) or beside it in the same kernel (200: several tiles)."""
-    mod = _dynamic_layer(out_channels)
+    mod = fusion_stage.dynamic_layer(out_channels)
     joined = relax.VirtualMachine(
         tvm.compile(mod, target=HOST, relax_pipeline=kernels_pipeline.relax_pipeline(HOST)), tvm.cpu()
     )
@@ -64,7 +44,8 @@ def test_same_numbers_as_a_quantize_kernel(fusion_stage, monkeypatch, out_channe
         tvm.compile(mod, target=HOST, relax_pipeline=kernels_pipeline.relax_pipeline(HOST)), tvm.cpu()
     )
     for seed in range(3):
-        x = tvm.runtime.tensor(np.random.default_rng(seed).standard_normal(X_SHAPE).astype("float32"))
+        x = np.random.default_rng(seed).standard_normal(fusion_stage.DYNAMIC_LAYER_INPUT).astype("float32")
+        x = tvm.runtime.tensor(x)
         np.testing.assert_array_equal(joined["main"](x).numpy(), apart["main"](x).numpy())
 
 
@@ -93,7 +74,7 @@ def _scheduled(fusion_stage, target, out_channels: int) -> tuple[tirx.PrimFunc, 
     report = ScheduleReport()
     with target:
         scheduled = ApplyCPUSchedules(target, report)(
-            fusion_stage.run(_dynamic_layer(out_channels), target, kernels_pipeline.fusion_passes(target))
+            fusion_stage.run(fusion_stage.dynamic_layer(out_channels), target, kernels_pipeline.fusion_passes(target))
         )
     (name,) = [gv.name_hint for gv in scheduled.get_global_vars() if gv.name_hint.endswith("_quantizing")]
     return scheduled[name], report.functions[name]
