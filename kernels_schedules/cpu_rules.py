@@ -719,17 +719,31 @@ def schedule_reduction_tile(
         sch.reorder(*outer_loops, *reduction[:-1], *tile_loops, reduction[-1])
     else:
         sch.reorder(*outer_loops, *reduction, *tile_loops)
-    parallel = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
-    sch.reverse_compute_at(epilogue, parallel)
+    # An operand computed beside several channel tiles (a dynamic layer's input quantize) is computed once per
+    # pixel block in the tile instead where the tile is one vector of channels: each task then takes one block of
+    # pixels, quantizes it and runs its channel tiles one after the other, with no barrier between a quantize
+    # phase and the tiles (``share_parallel_launches``). PP-OCR's 1x3x96x16 -> 88 and -> 104 convs (12 pixels x 8
+    # channels): 4.16 -> 3.63-3.83 and 4.67 -> 4.16 us on two threads of a Zen 4. With wider tiles (2 x 40, 4 x 24)
+    # LLVM keeps the block's input broadcasts in registers across the channel tiles and spills the accumulators
+    # (1x2x96x32 -> 200: 6.8 -> 7.7 us): those keep the quantize beside the tiles.
+    pixel_tasks = bool(operands) and channel_tiles > 1 and not reduced and len(outer_loops) > 1 and tile_cols <= lane
+    if pixel_tasks:
+        parallel = sch.fuse(*outer_loops[:-1]) if len(outer_loops) > 2 else outer_loops[0]
+        tile_root = outer_loops[-1]  # the channel tiles, one after the other in the task
+    else:
+        parallel = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
+        tile_root = parallel
+    sch.reverse_compute_at(epilogue, tile_root)
     # A second output computed from the epilogue's (a quantize joined by ``join_quantize_outputs``): in the tile too.
     written = sch.get(epilogue).writes[0].source
     also = [c for c in sch.get_consumers(epilogue) if _is_pointwise_consumer(sch, c, written)]
     for consumer in also:
-        sch.reverse_compute_at(consumer, parallel)
+        sch.reverse_compute_at(consumer, tile_root)
     # An operand's producer (a quantize joined by ``quantize_in_consumer``) in the tile, on the pixels it reads,
-    # where one tile covers every output channel. With several, each would quantize the same pixels again: in
-    # every tile, PP-OCR's 88-200-channel layers gained nothing and BlazeFace's w8a8-dynamic lost 3%.
-    if channel_tiles == 1:
+    # where one tile covers every output channel or each task takes every channel tile of its pixels. Computed in
+    # every tile of several, it would quantize the same pixels again: PP-OCR's 88-200-channel layers gained
+    # nothing and BlazeFace's w8a8-dynamic lost 3%.
+    if channel_tiles == 1 or pixel_tasks:
         for block in operands:
             _compute_in_tile(sch, block, parallel, facts)
     for block in reduced:

@@ -32,9 +32,10 @@ def test_no_kernel_writes_the_int8_input_of_a_layer(fusion_stage):
     assert [name for name in joined if name.endswith("_quantizing")], joined
 
 
-@pytest.mark.parametrize("out_channels", [16, 200])
+@pytest.mark.parametrize("out_channels", [16, 104, 200])
 def test_same_numbers_as_a_quantize_kernel(fusion_stage, monkeypatch, out_channels):
-    """In the tile (16 output channels: one tile) or beside it in the same kernel (200: several tiles)."""
+    """In the tile (16 output channels: one tile), once per task before its channel tiles (104: thirteen tiles of
+    one vector) or beside the tiles in the same kernel (200: several tiles of five vectors)."""
     mod = fusion_stage.dynamic_layer(out_channels)
     joined = relax.VirtualMachine(
         tvm.compile(mod, target=HOST, relax_pipeline=kernels_pipeline.relax_pipeline(HOST)), tvm.cpu()
@@ -115,3 +116,15 @@ def test_the_quantize_beside_the_tiles_runs_in_their_launch(fusion_stage):
     outer = _outer_loops_of_writes(func)
     ((quantized,), (tiled,)) = outer["uint8"], outer["int32"]
     assert quantized.loop_var.same_as(quantize.loop_var) and tiled.loop_var.same_as(tiles.loop_var)
+
+
+def test_one_vector_wide_channel_tiles_quantize_their_pixels_once_per_task(fusion_stage):
+    """104 output channels in 13 tiles of one vector: each task takes a block of pixels, quantizes it and runs
+    the 13 channel tiles on it, one after the other: the quantize and the accumulators share the parallel loop,
+    and no launch needs a barrier."""
+    func, rule = _scheduled(fusion_stage, HOST, 104)
+    assert rule == "reduction-tile"
+    outer = _outer_loops_of_writes(func)
+    ((quantized,), (tiled,)) = outer["uint8"], outer["int32"]
+    assert quantized.same_as(tiled) and tiled.kind == tirx.ForKind.PARALLEL, func.script()
+    assert share_launches(func).same_as(func)
