@@ -20,6 +20,8 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.ir import expr as ir_expr
 
+from edgetvm.kernels_schedules.tir_nodes import block_with_body, loop_with, rewrite_prim_funcs
+
 _BINARY = (tirx.Add, tirx.Sub, tirx.Mul, tirx.Div, tirx.Min, tirx.Max)
 
 
@@ -92,9 +94,7 @@ def _rewrite_stmt(stmt):
         body = _rewrite_stmt(stmt.body)
         if body.same_as(stmt.body):
             return stmt
-        return tirx.For(
-            stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding, stmt.annotations, stmt.step
-        )
+        return loop_with(stmt, body=body)
     if isinstance(stmt, tirx.AttrStmt):
         body = _rewrite_stmt(stmt.body)
         return stmt if body.same_as(stmt.body) else tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, body)
@@ -106,19 +106,7 @@ def _rewrite_stmt(stmt):
 
 def _rewrite_block(block: s_tir.SBlock) -> s_tir.SBlock:
     body = _rewrite_stmt(block.body)
-    if body.same_as(block.body):
-        return block
-    return s_tir.SBlock(
-        block.iter_vars,
-        block.reads,
-        block.writes,
-        block.name_hint,
-        body,
-        block.init,
-        block.alloc_buffers,
-        block.match_buffers,
-        block.annotations,
-    )
+    return block if body.same_as(block.body) else block_with_body(block, body)
 
 
 def reassociate(func: tirx.PrimFunc) -> tirx.PrimFunc:
@@ -132,12 +120,4 @@ class ReassociateRunTimeScales:
     """Every PrimFunc's ``(a * s) * load`` as ``a * (s * load)`` (``reassociate``)."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        updated = {}
-        for gvar, func in mod.functions_items():
-            if isinstance(func, tirx.PrimFunc):
-                rewritten = reassociate(func)
-                if not rewritten.same_as(func):
-                    updated[gvar] = rewritten
-        for gvar, func in updated.items():
-            mod[gvar] = func
-        return mod
+        return rewrite_prim_funcs(mod, reassociate)

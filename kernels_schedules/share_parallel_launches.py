@@ -24,6 +24,8 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
+from edgetvm.kernels_schedules.tir_nodes import block_with_body, loop_with, rewrite_prim_funcs
+
 LAUNCH_POINT = "pragma_parallel_launch_point"
 BARRIER = "pragma_parallel_barrier_when_finish"
 
@@ -33,10 +35,7 @@ def _is_parallel(stmt) -> bool:
 
 
 def _with_barrier(loop: tirx.For) -> tirx.For:
-    annotations = {**dict(loop.annotations), BARRIER: tirx.IntImm("int32", 1)}
-    return tirx.For(
-        loop.loop_var, loop.min, loop.extent, loop.kind, loop.body, loop.thread_binding, annotations, loop.step
-    )
+    return loop_with(loop, annotations={**dict(loop.annotations), BARRIER: tirx.IntImm("int32", 1)})
 
 
 def _one_launch(loops: list) -> tirx.Stmt:
@@ -72,17 +71,7 @@ def share_launches(func: tirx.PrimFunc) -> tirx.PrimFunc:
     if len(joined) == len(stmts):
         return func
     body = joined[0] if len(joined) == 1 else tirx.SeqStmt(joined)
-    new_block = s_tir.SBlock(
-        block.iter_vars,
-        block.reads,
-        block.writes,
-        block.name_hint,
-        body,
-        block.init,
-        block.alloc_buffers,
-        block.match_buffers,
-        block.annotations,
-    )
+    new_block = block_with_body(block, body)
     return func.with_body(s_tir.SBlockRealize(realize.iter_values, realize.predicate, new_block))
 
 
@@ -91,12 +80,4 @@ class ShareParallelLaunches:
     """Every PrimFunc's consecutive top-level parallel loops in one launch (``share_launches``)."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        updated = {}
-        for gvar, func in mod.functions_items():
-            if isinstance(func, tirx.PrimFunc):
-                shared = share_launches(func)
-                if not shared.same_as(func):
-                    updated[gvar] = shared
-        for gvar, func in updated.items():
-            mod[gvar] = func
-        return mod
+        return rewrite_prim_funcs(mod, share_launches)
