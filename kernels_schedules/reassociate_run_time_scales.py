@@ -20,7 +20,12 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.ir import expr as ir_expr
 
-from edgetvm.kernels_schedules.tir_nodes import block_with_body, loop_with, rewrite_prim_funcs
+from edgetvm.kernels_schedules.tir_nodes import (
+    block_with_body,
+    loop_with,
+    realize_with_block,
+    rewrite_prim_funcs,
+)
 
 _BINARY = (tirx.Add, tirx.Sub, tirx.Mul, tirx.Div, tirx.Min, tirx.Max)
 
@@ -92,15 +97,13 @@ def _rewrite_stmt(stmt):
         return stmt if _same(parts, list(stmt)) else tirx.SeqStmt(parts)
     if isinstance(stmt, tirx.For):
         body = _rewrite_stmt(stmt.body)
-        if body.same_as(stmt.body):
-            return stmt
-        return loop_with(stmt, body=body)
+        return stmt if body.same_as(stmt.body) else loop_with(stmt, body=body)
     if isinstance(stmt, tirx.AttrStmt):
         body = _rewrite_stmt(stmt.body)
         return stmt if body.same_as(stmt.body) else tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, body)
     if isinstance(stmt, s_tir.SBlockRealize):
         block = _rewrite_block(stmt.block)
-        return stmt if block.same_as(stmt.block) else s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, block)
+        return stmt if block.same_as(stmt.block) else realize_with_block(stmt, block)
     return stmt
 
 

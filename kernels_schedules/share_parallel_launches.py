@@ -24,7 +24,12 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
-from edgetvm.kernels_schedules.tir_nodes import block_with_body, loop_with, rewrite_prim_funcs
+from edgetvm.kernels_schedules.tir_nodes import (
+    block_with_body,
+    loop_with,
+    realize_with_block,
+    rewrite_prim_funcs,
+)
 
 LAUNCH_POINT = "pragma_parallel_launch_point"
 BARRIER = "pragma_parallel_barrier_when_finish"
@@ -71,8 +76,7 @@ def share_launches(func: tirx.PrimFunc) -> tirx.PrimFunc:
     if len(joined) == len(stmts):
         return func
     body = joined[0] if len(joined) == 1 else tirx.SeqStmt(joined)
-    new_block = block_with_body(block, body)
-    return func.with_body(s_tir.SBlockRealize(realize.iter_values, realize.predicate, new_block))
+    return func.with_body(realize_with_block(realize, block_with_body(block, body)))
 
 
 @tvm.transform.module_pass(opt_level=0, name="ShareParallelLaunches")

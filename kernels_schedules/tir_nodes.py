@@ -25,6 +25,11 @@ def block_with_body(block: s_tir.SBlock, body: tirx.Stmt) -> s_tir.SBlock:
     )
 
 
+def realize_with_block(realize: s_tir.SBlockRealize, block: s_tir.SBlock) -> s_tir.SBlockRealize:
+    """``realize`` of ``block`` in place of its own (bindings and predicate kept)."""
+    return s_tir.SBlockRealize(realize.iter_values, realize.predicate, block)
+
+
 def loop_with(loop: tirx.For, body: tirx.Stmt | None = None, annotations: dict | None = None) -> tirx.For:
     """``loop`` with another body or other annotations (its variable, range and kind kept)."""
     return tirx.For(
