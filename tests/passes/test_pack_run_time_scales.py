@@ -1,0 +1,193 @@
+"""PackRunTimeScales: the ``()`` run-time scales of ``main`` as slots of one tensor, written in place."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax, tirx
+from tvm.script import ir as I
+from tvm.script import relax as R
+from tvm.script import tirx as T
+
+from edgetvm.kernels_schedules import pipeline as kernels_pipeline
+from edgetvm.kernels_schedules.pack_run_time_scales import PACKED_NAME, pack_run_time_scales
+from edgetvm.kernels_schedules.substitute_buffers import BufferSubstitution, UnsupportedNode
+from edgetvm.pipeline.passes import DynamicQuantize
+
+HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
+_MAP = R.Tensor((8,), "float32")
+_SCALE = R.Tensor((), "float32")
+
+
+# stats: y = x + 1 and s = max|x|; divide: z = y / s. Called twice each, one scale used before the next is made.
+@I.ir_module
+class _InTurn:
+    @T.prim_func(private=True, s_tir=True)
+    def stats(x: T.Buffer((8,), "float32"), y: T.Buffer((8,), "float32"), s: T.Buffer((), "float32")):
+        for i in range(8):
+            with T.sblock("y"):
+                vi = T.axis.spatial(8, i)
+                y[vi] = x[vi] + T.float32(1)
+        for i in range(8):
+            with T.sblock("s"):
+                vi = T.axis.reduce(8, i)
+                with T.init():
+                    s[()] = T.float32(0)
+                s[()] = T.max(s[()], T.fabs(x[vi]))
+
+    @T.prim_func(private=True, s_tir=True)
+    def divide(y: T.Buffer((8,), "float32"), s: T.Buffer((), "float32"), z: T.Buffer((8,), "float32")):
+        for i in range(8):
+            with T.sblock("z"):
+                vi = T.axis.spatial(8, i)
+                z[vi] = y[vi] / s[()]
+
+    @R.function
+    def main(x: R.Tensor((8,), "float32")) -> R.Tensor((8,), "float32"):
+        cls = _InTurn
+        with R.dataflow():
+            a = R.call_tir(cls.stats, (x,), out_ty=[_MAP, _SCALE])
+            z = R.call_tir(cls.divide, (a[0], a[1]), out_ty=_MAP)
+            b = R.call_tir(cls.stats, (z,), out_ty=[_MAP, _SCALE])
+            out = R.call_tir(cls.divide, (b[0], b[1]), out_ty=_MAP)
+            R.output(out)
+        return out
+
+
+# The same kernels, both scales made before either is used: one slot cannot hold them.
+@I.ir_module
+class _Together:
+    @T.prim_func(private=True, s_tir=True)
+    def stats(x: T.Buffer((8,), "float32"), y: T.Buffer((8,), "float32"), s: T.Buffer((), "float32")):
+        for i in range(8):
+            with T.sblock("y"):
+                vi = T.axis.spatial(8, i)
+                y[vi] = x[vi] + T.float32(1)
+        for i in range(8):
+            with T.sblock("s"):
+                vi = T.axis.reduce(8, i)
+                with T.init():
+                    s[()] = T.float32(0)
+                s[()] = T.max(s[()], T.fabs(x[vi]))
+
+    @T.prim_func(private=True, s_tir=True)
+    def divide(y: T.Buffer((8,), "float32"), s: T.Buffer((), "float32"), z: T.Buffer((8,), "float32")):
+        for i in range(8):
+            with T.sblock("z"):
+                vi = T.axis.spatial(8, i)
+                z[vi] = y[vi] / s[()]
+
+    @R.function
+    def main(x: R.Tensor((8,), "float32")) -> R.Tensor((8,), "float32"):
+        cls = _Together
+        with R.dataflow():
+            a = R.call_tir(cls.stats, (x,), out_ty=[_MAP, _SCALE])
+            b = R.call_tir(cls.stats, (a[0],), out_ty=[_MAP, _SCALE])
+            z = R.call_tir(cls.divide, (b[0], a[1]), out_ty=_MAP)
+            out = R.call_tir(cls.divide, (z, b[1]), out_ty=_MAP)
+            R.output(out)
+        return out
+
+
+def _calls(mod: tvm.IRModule, op: str) -> list[relax.Call]:
+    return [
+        b.value
+        for block in mod["main"].body.blocks
+        for b in block.bindings
+        if isinstance(b.value, relax.Call) and getattr(b.value.op, "name", "") == op
+    ]
+
+
+def _run(mod: tvm.IRModule, x: np.ndarray) -> np.ndarray:
+    vm = relax.VirtualMachine(tvm.compile(mod, target=HOST), tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def _scale_results(mod: tvm.IRModule) -> int:
+    """How many ``()`` tensors ``main``'s kernel calls return."""
+    count = 0
+    for call in _calls(mod, "relax.call_tir") + _calls(mod, "relax.call_tir_inplace"):
+        out = call.ty_args[0]
+        for ty in out.fields if isinstance(out, relax.TupleType) else [out]:
+            count += ty.ndim == 0
+    return count
+
+
+def test_scales_used_in_turn_share_one_slot_written_in_place():
+    packed = pack_run_time_scales(_InTurn)
+    allocs = _calls(packed, "relax.builtin.alloc_tensor")
+    assert len(allocs) == 1 and [int(d) for d in allocs[0].args[0].values] == [1]
+    assert len(_calls(packed, "relax.call_tir_inplace")) == 2  # both stats calls write the slot
+    assert _scale_results(packed) == 0
+    stats = packed[packed.get_global_var("stats")]
+    assert [p.name for p in stats.params] == ["x", PACKED_NAME, "y"]  # in place: among the inputs
+    x = np.array([3, -7, 1, 0.5, 2, -1, 4, 6], "float32")
+    np.testing.assert_array_equal(_run(packed, x), _run(_InTurn, x))
+
+
+def test_scales_alive_together_keep_their_tensors():
+    assert pack_run_time_scales(_Together).same_as(_Together)
+
+
+def _dynamic_chain(widths: list[int]) -> tvm.IRModule:
+    """A float depthwise conv over 16 channels, then 1x1 convs to each of ``widths`` with relu, quantized at run
+    time: each takes the run-time scale of its input, made by the kernel before it."""
+    rng = np.random.default_rng(5)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 16, 12, 12), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            weight = relax.const(rng.standard_normal((16, 1, 3, 3)).astype("float32"))
+            y = bb.emit(R.nn.conv2d(x, weight, padding=[1] * 4, groups=16))
+            channels = 16
+            for width in widths:
+                layer = relax.const(rng.standard_normal((width, channels, 1, 1)).astype("float32") * 0.3)
+                y = bb.emit(R.nn.relu(R.nn.conv2d(y, layer)))
+                channels = width
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return DynamicQuantize(keep_float=frozenset({"conv2d_0"}))(bb.get())
+
+
+def _scheduled(fusion_stage, mod: tvm.IRModule) -> tvm.IRModule:
+    """``mod`` as the pipeline has it where the pass runs: fused, scheduled, joined launches."""
+    passes = [
+        *kernels_pipeline.fusion_passes(HOST),
+        kernels_pipeline.ApplyCPUSchedules(HOST, None),
+        kernels_pipeline.ReassociateRunTimeScales(),
+        kernels_pipeline.ShareParallelLaunches(),
+    ]
+    return fusion_stage.run(mod, HOST, passes)
+
+
+def test_a_dynamic_chain_keeps_no_scale_tensor_and_its_numbers(fusion_stage, monkeypatch):
+    # 16 -> 24 -> 16 -> 24 -> 16: the two 16 -> 24 layers share a kernel, so do the two 24 -> 16 before a layer.
+    mod = _dynamic_chain([24, 16, 24, 16])
+    scheduled = _scheduled(fusion_stage, mod)
+    assert _scale_results(scheduled) == 4
+    packed = pack_run_time_scales(scheduled)
+    assert _scale_results(packed) == 0
+    allocs = _calls(packed, "relax.builtin.alloc_tensor")
+    assert len(allocs) == 1 and [int(d) for d in allocs[0].args[0].values] == [2]  # a slot for every other scale
+
+    x = np.random.default_rng(0).standard_normal((1, 16, 12, 12)).astype("float32")
+    compiled = relax.VirtualMachine(
+        tvm.compile(mod, target=HOST, relax_pipeline=kernels_pipeline.relax_pipeline(HOST)), tvm.cpu()
+    )["main"](tvm.runtime.tensor(x)).numpy()
+    monkeypatch.setattr(kernels_pipeline, "PackRunTimeScales", lambda: tvm.transform.Sequential([]))
+    apart = relax.VirtualMachine(
+        tvm.compile(mod, target=HOST, relax_pipeline=kernels_pipeline.relax_pipeline(HOST)), tvm.cpu()
+    )["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(compiled, apart)  # where the scalars live moves, not a bit of the result
+
+
+def test_a_kernel_reading_and_writing_one_slot_keeps_its_tensors(fusion_stage):
+    """Equal layers share one kernel that reads its input's scale and writes its output's, which would be one
+    slot: the kernel could write it before it has read it, so the scales stay tensors."""
+    scheduled = _scheduled(fusion_stage, _dynamic_chain([16, 16, 16]))
+    assert pack_run_time_scales(scheduled).same_as(scheduled)
+
+
+def test_a_node_the_substitution_does_not_rebuild_is_refused():
+    loop = tirx.While(tirx.const(False, "bool"), tirx.Evaluate(tirx.const(0, "int32")))
+    with pytest.raises(UnsupportedNode):
+        BufferSubstitution({}).stmt(loop)
