@@ -73,12 +73,14 @@ class BoundValues:
         return self._values[expr]
 
     def rounded_to_int8(self, call: relax.Expr) -> relax.Expr | None:
-        """``v`` when ``call`` is ``astype(clip(round(v), -127, 127), int8)``, the quantize both activation schemes
-        write; else None."""
+        """``v`` when ``call`` is ``astype(clip(round(v), -127, 127), int8)``, the quantize of static activation
+        scales, or ``astype(round(v), int8)``, the dynamic one (its ``v`` is within [-127, 127] by construction);
+        else None."""
         if op_name(call) != "relax.astype" or str(call.attrs.dtype) != "int8":
             return None
-        clip = self.of(call.args[0], uses=None)
-        if op_name(clip) != "relax.clip" or [number(a) for a in clip.args[1:]] != [-QMAX, QMAX]:
-            return None
-        rounded = self.of(clip.args[0], uses=None)
+        rounded = self.of(call.args[0], uses=None)
+        if op_name(rounded) == "relax.clip":
+            if [number(a) for a in rounded.args[1:]] != [-QMAX, QMAX]:
+                return None
+            rounded = self.of(rounded.args[0], uses=None)
         return rounded.args[0] if op_name(rounded) == "relax.round" else None

@@ -132,8 +132,10 @@ def _quantize_activation(data: relax.Expr, per_row: bool = False) -> tuple[relax
     scale = R.divide(max_abs, relax.const(float(QMAX), "float32"))
     # Multiply by the reciprocal, one scalar division: a division per element costs several multiply-adds.
     rounded = R.round(R.multiply(data, R.divide(relax.const(float(QMAX), "float32"), max_abs)))
-    clipped = R.clip(rounded, R.prim_value(-float(QMAX)), R.prim_value(float(QMAX)))
-    return R.astype(clipped, "int8"), scale
+    # No clip to [-127, 127]: max_abs >= |x| for every x it scales, so |x * (127 / max_abs)| <= 127 * (1 + 2^-23)^2,
+    # which rounds to 127 at most. Two vector instructions a value fewer where the quantize runs (a layer's tile):
+    # PP-OCR w8a8-dynamic 204.7 -> 202.1 us. (Static scales come from calibration and keep their clip.)
+    return R.astype(rounded, "int8"), scale
 
 
 def _dequantize(acc: relax.Expr, x_scale: relax.Expr, w_scale: np.ndarray) -> relax.Expr:
