@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import tvm
 from tvm import relax, tirx
 
-from edgetvm.kernels_schedules.substitute_buffers import Element, UnsupportedNode, substitute_buffers
+from edgetvm.kernels_schedules.substitute_buffers import Element, substitute_buffers
+from edgetvm.kernels_schedules.tir_nodes import UnsupportedNode
 
 log = logging.getLogger(__name__)
 

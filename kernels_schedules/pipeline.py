@@ -19,6 +19,7 @@ from edgetvm.kernels_schedules.pack_run_time_scales import PackRunTimeScales
 from edgetvm.kernels_schedules.pad_conv_channels import PadConvChannels
 from edgetvm.kernels_schedules.quantize_in_consumer import QuantizeInConsumer
 from edgetvm.kernels_schedules.reassociate_run_time_scales import ReassociateRunTimeScales
+from edgetvm.kernels_schedules.round_in_conversion import RoundInConversion
 from edgetvm.kernels_schedules.share_parallel_launches import ShareParallelLaunches
 from edgetvm.kernels_schedules.split_broadcast_quantize import SplitBroadcastQuantize
 from edgetvm.kernels_schedules.unfold_columns_kernel import UnfoldColumnsKernel
@@ -88,6 +89,7 @@ def relax_pipeline(target: tvm.target.Target, report: ScheduleReport | None = No
                 passes.append(ApplyCPUSchedules(target, report))
                 # On default and tuned schedules alike:
                 passes.append(ReassociateRunTimeScales())
+                passes.append(RoundInConversion())
                 passes.append(ShareParallelLaunches())
                 passes.append(PackRunTimeScales())
             passes += cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)

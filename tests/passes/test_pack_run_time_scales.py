@@ -10,7 +10,8 @@ from tvm.script import tirx as T
 
 from edgetvm.kernels_schedules import pipeline as kernels_pipeline
 from edgetvm.kernels_schedules.pack_run_time_scales import PACKED_NAME, pack_run_time_scales
-from edgetvm.kernels_schedules.substitute_buffers import BufferSubstitution, UnsupportedNode
+from edgetvm.kernels_schedules.substitute_buffers import BufferSubstitution
+from edgetvm.kernels_schedules.tir_nodes import UnsupportedNode
 from edgetvm.pipeline.passes import DynamicQuantize
 
 HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
