@@ -15,7 +15,7 @@ from edgetvm.kernels_schedules.fold_affine import FoldAffine
 from edgetvm.kernels_schedules.int8_conv_layout import Int8ConvLayout
 from edgetvm.kernels_schedules.join_channel_reductions import JoinChannelReductions
 from edgetvm.kernels_schedules.join_quantize_outputs import JoinQuantizeOutputs
-from edgetvm.kernels_schedules.pack_run_time_scales import PackRunTimeScales
+from edgetvm.kernels_schedules.pack_small_results import PackSmallResults
 from edgetvm.kernels_schedules.pad_conv_channels import PadConvChannels
 from edgetvm.kernels_schedules.quantize_in_consumer import QuantizeInConsumer
 from edgetvm.kernels_schedules.reassociate_run_time_scales import ReassociateRunTimeScales
@@ -91,7 +91,7 @@ def relax_pipeline(target: tvm.target.Target, report: ScheduleReport | None = No
                 passes.append(ReassociateRunTimeScales())
                 passes.append(RoundInConversion())
                 passes.append(ShareParallelLaunches())
-                passes.append(PackRunTimeScales())
+                passes.append(PackSmallResults())
             passes += cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
             # A kernel with several results (a layer and its output's max|x|, two reductions of one map) leaves a
             # tuple of its output tensors that nothing reads once lowering has bound each result to its tensor;

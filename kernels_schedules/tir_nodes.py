@@ -1,6 +1,6 @@
 """Rebuilding scheduled TIR nodes with one part changed, a mutator over the node kinds scheduled kernels hold, and
 applying a rewrite to every PrimFunc of a module: what the passes over scheduled kernels
-(``share_parallel_launches``, ``reassociate_run_time_scales``, ``round_in_conversion``, ``pack_run_time_scales``)
+(``share_parallel_launches``, ``reassociate_run_time_scales``, ``round_in_conversion``, ``pack_small_results``)
 share. TVM 0.27 has no Python statement mutator for TIR."""
 
 from __future__ import annotations

@@ -1,19 +1,21 @@
-"""PackRunTimeScales: a dynamic build's run-time scales live in one tensor, a slot each, that the kernels computing
-them write in place and the kernels using them read, instead of one ``()`` tensor each.
+"""PackSmallResults: ``main``'s small kernel results (run-time scales, squeeze-excite vectors) live in one tensor,
+a slot each, that the kernels computing them write in place and the kernels using them read, instead of one
+tensor each.
 
-Every quantized layer of ``w8a8-dynamic`` takes its input's ``max|x|``, a ``()`` float32 tensor that the kernel
-before it computes beside its map. The Relax VM makes a tensor (a view of planned storage) for every kernel result
-every run, passes it, and frees it after its last use: a chain of 40 tiny kernels ran 0.26 us a layer slower with a
-``()`` result each than without, 0.14 us with the scales as slots of one tensor written in place (Zen 4). PP-OCR's
-classifier has 19 run-time scales.
+The Relax VM makes a tensor (a view of planned storage) for every kernel result every run, passes it, and frees it
+after its last use: a chain of 40 tiny kernels ran 0.26 us a layer slower with a ``()`` result each than without,
+0.14 us with those results as slots of one tensor written in place (Zen 4). A dynamic build has one such result
+per quantized layer input (its ``max|x|``, a ``()`` tensor the kernel before computes beside its map: 19 in PP-OCR's
+classifier); a squeeze-excite block has its channel means, its squeezed vector and its gates (and, dynamic, the
+per-channel ``max|h|``), a few hundred values each.
 
-The pass runs on ``main``'s dataflow block after the schedules. A scale is a ``()`` float32 result of a kernel
-call (``call_tir`` of a PrimFunc) that only kernel calls take as arguments. The kernel parameters a scale passes
-through (its producer's output, its consumers' inputs) must share a slot; a kernel called at several places
-(repeated blocks) then ties the scales of those places to the same slot, which is safe when each scale's last use
-comes before the next one is written, and otherwise the scales of that slot keep their own tensors. A kernel that
-writes a slot takes the packed tensor as an in-place argument (``call_tir_inplace``); one that only reads takes it
-as an input. Values are unchanged bit for bit: only where the scalars are stored moves.
+The pass runs on ``main``'s dataflow block after the schedules. A small result is a float32 kernel result (a
+``call_tir`` of a PrimFunc) of at most ``MAX_VALUES`` values that only kernel calls take as arguments. The kernel
+parameters a result passes through (its producer's output, its consumers' inputs) share a slot; a kernel called at
+several places (repeated blocks) then ties the results of those places to the same slot, which is safe when each
+one's last use comes before the next one is written, and otherwise the results of that slot keep their own
+tensors. A kernel that writes a slot takes the packed tensor as an in-place argument (``call_tir_inplace``); one
+that only reads takes it as an input. Values are unchanged bit for bit: only where they are stored moves.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import tvm
 from tvm import relax, tirx
 
@@ -30,11 +33,19 @@ from edgetvm.kernels_schedules.tir_nodes import UnsupportedNode
 log = logging.getLogger(__name__)
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
-PACKED_NAME = "run_time_scales"
+PACKED_NAME = "small_results"
+MAX_VALUES = 1024  # 4 KB: a squeeze-excite vector of up to 1024 channels; maps are larger
 
 
-def _is_scale(ty) -> bool:
-    return isinstance(ty, relax.TensorType) and ty.ndim == 0 and str(ty.dtype) == "float32"
+def _shape(ty) -> tuple[int, ...] | None:
+    """The dimensions of a small float32 tensor type, else None."""
+    if not isinstance(ty, relax.TensorType) or str(ty.dtype) != "float32" or ty.shape is None:
+        return None
+    dims = getattr(ty.shape, "values", None)
+    if dims is None or not all(isinstance(d, tirx.IntImm) for d in dims):
+        return None
+    shape = tuple(int(d) for d in dims)
+    return shape if int(np.prod(shape, dtype=np.int64)) <= MAX_VALUES else None
 
 
 @dataclass
@@ -49,11 +60,12 @@ class _Call:
 
 
 @dataclass
-class _Scale:
-    """A ``()`` result of ``producer`` (result ``position``), bound to ``var``; ``uses`` are (call index, argument
-    position) pairs."""
+class _Small:
+    """A small result of ``producer`` (result ``position``, of ``shape``), bound to ``var``; ``uses`` are (call
+    index, argument position) pairs."""
 
     var: relax.Var
+    shape: tuple[int, ...]
     producer: _Call
     position: int
     uses: list[tuple[int, int]] = field(default_factory=list)
@@ -95,99 +107,104 @@ def _kernel_call(mod: tvm.IRModule, index: int, binding) -> _Call | None:
 
 @dataclass
 class _Plan:
-    slots: dict[tuple[str, int], int]  # (PrimFunc name, parameter position) -> slot
-    count: int
+    slots: dict[tuple[str, int], int]  # (PrimFunc name, parameter position) -> offset of its slot
+    count: int  # values of the packed tensor
 
 
 def _plan(mod: tvm.IRModule, block: relax.DataflowBlock, result: relax.Expr) -> tuple[_Plan, dict, dict] | None:
     calls: dict[int, _Call] = {}
-    scales: dict[relax.Var, _Scale] = {}
+    smalls: dict[relax.Var, _Small] = {}
     tuple_of: dict[relax.Var, _Call] = {}
     for index, binding in enumerate(block.bindings):
         call = _kernel_call(mod, index, binding)
         if call is not None:
             calls[index] = call
-            if len(call.outs) == 1 and _is_scale(call.outs[0]):
-                scales[binding.var] = _Scale(binding.var, call, 0)
+            if len(call.outs) == 1 and _shape(call.outs[0]) is not None:
+                smalls[binding.var] = _Small(binding.var, _shape(call.outs[0]), call, 0)
             elif len(call.outs) > 1:
                 tuple_of[binding.var] = call
             continue
         value = binding.value
         if isinstance(value, relax.TupleGetItem) and value.tuple_value in tuple_of:
             call = tuple_of[value.tuple_value]
-            if _is_scale(call.outs[value.index]):
-                scales[binding.var] = _Scale(binding.var, call, value.index)
+            shape = _shape(call.outs[value.index])
+            if shape is not None:
+                smalls[binding.var] = _Small(binding.var, shape, call, value.index)
 
-    # Where each scale is used: only as a kernel call's argument counts; anything else keeps it a tensor.
+    # Where each small result is used: only as a kernel call's argument counts; anything else keeps it a tensor.
     for index, binding in enumerate(block.bindings):
         value = binding.value
         call = calls.get(index)
         if isinstance(value, relax.TupleGetItem) and value.tuple_value in tuple_of:
             continue
         for var in relax.analysis.free_vars(value):
-            scale = scales.get(var)
-            if scale is None:
+            small = smalls.get(var)
+            if small is None:
                 continue
             positions = [i for i, arg in enumerate(call.args) if arg.same_as(var)] if call else []
             if call is None or len(positions) == 0:
-                scale.eligible = False
-            scale.uses += [(index, p) for p in positions]
+                small.eligible = False
+            small.uses += [(index, p) for p in positions]
     for var in relax.analysis.free_vars(result):
-        if var in scales:
-            scales[var].eligible = False
-    for var, call in tuple_of.items():  # a result tuple used whole (not by item) keeps its scales tensors
+        if var in smalls:
+            smalls[var].eligible = False
+    for var, call in tuple_of.items():  # a result tuple used whole (not by item) keeps its results tensors
         for binding in block.bindings:
             value = binding.value
             if not (isinstance(value, relax.TupleGetItem) and value.tuple_value.same_as(var)) and any(
                 v.same_as(var) for v in relax.analysis.free_vars(value)
             ):
-                for s in scales.values():
-                    if s.producer is call:
-                        s.eligible = False
+                for small in smalls.values():
+                    if small.producer is call:
+                        small.eligible = False
 
-    # Kernel parameters a scale passes through share a slot.
+    # Kernel parameters a result passes through share a slot.
     classes = _UnionFind()
     poisoned: set = set()
 
     def node(call: _Call, position: int) -> tuple[str, int]:
         return (call.gvar.name_hint, position)
 
-    for scale in scales.values():
-        out = node(scale.producer, len(scale.producer.args) + scale.position)
+    for small in smalls.values():
+        out = node(small.producer, len(small.producer.args) + small.position)
         classes.find(out)
-        for index, position in scale.uses:
+        for index, position in small.uses:
             classes.union(node(calls[index], position), out)
-        if not scale.eligible:
+        if not small.eligible:
             poisoned.add(out)
-            poisoned.update(node(calls[index], position) for index, position in scale.uses)
-    # A parameter in a class at one call must get a scale of that class at every call of its kernel.
-    by_scale_var = {s.var: s for s in scales.values()}
+            poisoned.update(node(calls[index], position) for index, position in small.uses)
+    # A parameter in a class at one call must get a result of that class at every call of its kernel.
     for call in calls.values():
         for position, arg in enumerate(call.args):
             key = node(call, position)
-            if key in classes.parent and arg not in by_scale_var:
+            if key in classes.parent and arg not in smalls:
                 poisoned.add(key)
     roots_poisoned = {classes.find(key) for key in poisoned}
 
-    # Scales of one slot must not be alive together: each is written after the last use of the one before.
+    # Results of one slot have one shape and are never alive together: each is written after the last use of the
+    # one before.
     members: dict = {}
-    for scale in scales.values():
-        root = classes.find(node(scale.producer, len(scale.producer.args) + scale.position))
-        members.setdefault(root, []).append(scale)
+    for small in smalls.values():
+        root = classes.find(node(small.producer, len(small.producer.args) + small.position))
+        members.setdefault(root, []).append(small)
     for root, group in members.items():
         group.sort(key=lambda s: s.producer.index)
+        if len({s.shape for s in group}) > 1:
+            roots_poisoned.add(root)
         for before, after in zip(group, group[1:], strict=False):
             last_use = max((index for index, _ in before.uses), default=before.producer.index)
             if last_use >= after.producer.index:
                 roots_poisoned.add(root)
     live = [root for root in members if root not in roots_poisoned]
     live.sort(key=lambda root: min(s.producer.index for s in members[root]))
-    slot_of_root = {root: slot for slot, root in enumerate(live)}
-    slots = {key: slot_of_root[classes.find(key)] for key in classes.parent if classes.find(key) in slot_of_root}
-    packed_scales = sum(len(members[root]) for root in live)
-    if packed_scales < 2:
+    offsets, count = {}, 0
+    for root in live:
+        offsets[root] = count
+        count += int(np.prod(members[root][0].shape, dtype=np.int64))
+    slots = {key: offsets[classes.find(key)] for key in classes.parent if classes.find(key) in offsets}
+    if sum(len(members[root]) for root in live) < 2:
         return None
-    return _Plan(slots, len(live)), calls, tuple_of
+    return _Plan(slots, count), calls, tuple_of
 
 
 def _packed_type(count: int) -> relax.TensorType:
@@ -195,19 +212,19 @@ def _packed_type(count: int) -> relax.TensorType:
 
 
 def _rewrite_kernel(func: tirx.PrimFunc, inputs: int, slots: dict[int, int], count: int) -> tirx.PrimFunc:
-    """``func`` taking the packed tensor after its kept inputs, in place of its scale parameters (``slots``:
-    parameter position -> slot)."""
+    """``func`` taking the packed tensor after its kept inputs, in place of its small parameters (``slots``:
+    parameter position -> offset of its slot)."""
     packed = tirx.decl_buffer((count,), "float32", PACKED_NAME)
     params = list(func.params)
-    mapping = {params[p]: Element(packed, (tirx.IntImm("int64", slot),)) for p, slot in slots.items()}
+    mapping = {params[p]: Element(packed, offset, params[p].ty.shape) for p, offset in slots.items()}
     kept_in = [params[p] for p in range(inputs) if p not in slots]
     kept_out = [params[p] for p in range(inputs, len(params)) if p not in slots]
     return substitute_buffers(func, [*kept_in, packed, *kept_out], mapping)
 
 
-def pack_run_time_scales(mod: tvm.IRModule) -> tvm.IRModule:
-    """``mod`` with ``main``'s run-time scales packed (see the module docstring); unchanged when it has fewer than
-    two scales to pack, more than one dataflow block, or a kernel the substitution cannot rebuild."""
+def pack_small_results(mod: tvm.IRModule) -> tvm.IRModule:
+    """``mod`` with ``main``'s small results packed (see the module docstring); unchanged when it has fewer than two
+    to pack, more than one dataflow block, or a kernel the substitution cannot rebuild."""
     if "main" not in [g.name_hint for g in mod.get_global_vars()]:
         return mod
     main = mod["main"]
@@ -233,7 +250,7 @@ def pack_run_time_scales(mod: tvm.IRModule) -> tvm.IRModule:
             if name in kernels and name not in rewritten:
                 rewritten[name] = _rewrite_kernel(mod[call.gvar], len(call.args), kernels[name], plan.count)
     except UnsupportedNode as err:
-        log.debug("run-time scales left unpacked: a kernel holds %s", err)
+        log.debug("small results left unpacked: a kernel holds %s", err)
         return mod
     # New global variables: a GlobalVar keeps the type of the function it was made for.
     functions = {gvar: func for gvar, func in mod.functions_items() if gvar.name_hint not in rewritten}
@@ -257,7 +274,8 @@ def pack_run_time_scales(mod: tvm.IRModule) -> tvm.IRModule:
             if not writes:
                 bindings.append(
                     relax.VarBinding(
-                        binding.var, relax.call_tir(gvars[call.gvar.name_hint], relax.Tuple(args), value.ty_args[0])
+                        binding.var,
+                        relax.call_tir(gvar, relax.Tuple(args), call.outs if len(call.outs) > 1 else call.outs[0]),
                     )
                 )
                 continue
@@ -280,7 +298,7 @@ def pack_run_time_scales(mod: tvm.IRModule) -> tvm.IRModule:
             result, items = new_tuples[value.tuple_value]
             if value.index in items:
                 bindings.append(relax.VarBinding(binding.var, relax.TupleGetItem(result, items[value.index])))
-            continue  # a packed scale: its readers take the packed tensor
+            continue  # a packed result: its readers take the packed tensor
         bindings.append(binding)
 
     body = relax.SeqExpr(
@@ -289,13 +307,13 @@ def pack_run_time_scales(mod: tvm.IRModule) -> tvm.IRModule:
     builder.update_func(
         mod.get_global_var("main"), relax.Function(main.params, body, main.ret_ty, main.is_pure, main.attrs)
     )
-    log.debug("packed %d run-time scale slots", plan.count)
+    log.debug("packed small results in %d values", plan.count)
     return relax.transform.Normalize()(builder.get())
 
 
-@tvm.transform.module_pass(opt_level=0, name="PackRunTimeScales")
-class PackRunTimeScales:
-    """``main``'s run-time scales as slots of one tensor (``pack_run_time_scales``)."""
+@tvm.transform.module_pass(opt_level=0, name="PackSmallResults")
+class PackSmallResults:
+    """``main``'s small kernel results as slots of one tensor (``pack_small_results``)."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return pack_run_time_scales(mod)
+        return pack_small_results(mod)

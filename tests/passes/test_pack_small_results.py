@@ -1,4 +1,5 @@
-"""PackRunTimeScales: the ``()`` run-time scales of ``main`` as slots of one tensor, written in place."""
+"""PackSmallResults: ``main``'s small kernel results (run-time scales, squeeze-excite vectors) as slots of one tensor,
+written in place."""
 
 import numpy as np
 import pytest
@@ -9,13 +10,13 @@ from tvm.script import relax as R
 from tvm.script import tirx as T
 
 from edgetvm.kernels_schedules import pipeline as kernels_pipeline
-from edgetvm.kernels_schedules.pack_run_time_scales import PACKED_NAME, pack_run_time_scales
+from edgetvm.kernels_schedules.pack_small_results import MAX_VALUES, PACKED_NAME, pack_small_results
 from edgetvm.kernels_schedules.substitute_buffers import BufferSubstitution
 from edgetvm.kernels_schedules.tir_nodes import UnsupportedNode
 from edgetvm.pipeline.passes import DynamicQuantize
 
 HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
-_MAP = R.Tensor((8,), "float32")
+_MAP = R.Tensor((2048,), "float32")  # more than MAX_VALUES: only the scales are small
 _SCALE = R.Tensor((), "float32")
 
 
@@ -23,27 +24,27 @@ _SCALE = R.Tensor((), "float32")
 @I.ir_module
 class _InTurn:
     @T.prim_func(private=True, s_tir=True)
-    def stats(x: T.Buffer((8,), "float32"), y: T.Buffer((8,), "float32"), s: T.Buffer((), "float32")):
-        for i in range(8):
+    def stats(x: T.Buffer((2048,), "float32"), y: T.Buffer((2048,), "float32"), s: T.Buffer((), "float32")):
+        for i in range(2048):
             with T.sblock("y"):
-                vi = T.axis.spatial(8, i)
+                vi = T.axis.spatial(2048, i)
                 y[vi] = x[vi] + T.float32(1)
-        for i in range(8):
+        for i in range(2048):
             with T.sblock("s"):
-                vi = T.axis.reduce(8, i)
+                vi = T.axis.reduce(2048, i)
                 with T.init():
                     s[()] = T.float32(0)
                 s[()] = T.max(s[()], T.fabs(x[vi]))
 
     @T.prim_func(private=True, s_tir=True)
-    def divide(y: T.Buffer((8,), "float32"), s: T.Buffer((), "float32"), z: T.Buffer((8,), "float32")):
-        for i in range(8):
+    def divide(y: T.Buffer((2048,), "float32"), s: T.Buffer((), "float32"), z: T.Buffer((2048,), "float32")):
+        for i in range(2048):
             with T.sblock("z"):
-                vi = T.axis.spatial(8, i)
+                vi = T.axis.spatial(2048, i)
                 z[vi] = y[vi] / s[()]
 
     @R.function
-    def main(x: R.Tensor((8,), "float32")) -> R.Tensor((8,), "float32"):
+    def main(x: R.Tensor((2048,), "float32")) -> R.Tensor((2048,), "float32"):
         cls = _InTurn
         with R.dataflow():
             a = R.call_tir(cls.stats, (x,), out_ty=[_MAP, _SCALE])
@@ -58,27 +59,27 @@ class _InTurn:
 @I.ir_module
 class _Together:
     @T.prim_func(private=True, s_tir=True)
-    def stats(x: T.Buffer((8,), "float32"), y: T.Buffer((8,), "float32"), s: T.Buffer((), "float32")):
-        for i in range(8):
+    def stats(x: T.Buffer((2048,), "float32"), y: T.Buffer((2048,), "float32"), s: T.Buffer((), "float32")):
+        for i in range(2048):
             with T.sblock("y"):
-                vi = T.axis.spatial(8, i)
+                vi = T.axis.spatial(2048, i)
                 y[vi] = x[vi] + T.float32(1)
-        for i in range(8):
+        for i in range(2048):
             with T.sblock("s"):
-                vi = T.axis.reduce(8, i)
+                vi = T.axis.reduce(2048, i)
                 with T.init():
                     s[()] = T.float32(0)
                 s[()] = T.max(s[()], T.fabs(x[vi]))
 
     @T.prim_func(private=True, s_tir=True)
-    def divide(y: T.Buffer((8,), "float32"), s: T.Buffer((), "float32"), z: T.Buffer((8,), "float32")):
-        for i in range(8):
+    def divide(y: T.Buffer((2048,), "float32"), s: T.Buffer((), "float32"), z: T.Buffer((2048,), "float32")):
+        for i in range(2048):
             with T.sblock("z"):
-                vi = T.axis.spatial(8, i)
+                vi = T.axis.spatial(2048, i)
                 z[vi] = y[vi] / s[()]
 
     @R.function
-    def main(x: R.Tensor((8,), "float32")) -> R.Tensor((8,), "float32"):
+    def main(x: R.Tensor((2048,), "float32")) -> R.Tensor((2048,), "float32"):
         cls = _Together
         with R.dataflow():
             a = R.call_tir(cls.stats, (x,), out_ty=[_MAP, _SCALE])
@@ -103,30 +104,45 @@ def _run(mod: tvm.IRModule, x: np.ndarray) -> np.ndarray:
     return vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
-def _scale_results(mod: tvm.IRModule) -> int:
-    """How many ``()`` tensors ``main``'s kernel calls return."""
-    count = 0
+def _results(mod: tvm.IRModule) -> list[relax.TensorType]:
+    """The types of the tensors ``main``'s kernel calls return."""
+    types = []
     for call in _calls(mod, "relax.call_tir") + _calls(mod, "relax.call_tir_inplace"):
         out = call.ty_args[0]
-        for ty in out.fields if isinstance(out, relax.TupleType) else [out]:
-            count += ty.ndim == 0
-    return count
+        types += list(out.fields) if isinstance(out, relax.TupleType) else [out]
+    return types
+
+
+def _scale_results(mod: tvm.IRModule) -> int:
+    """How many ``()`` tensors ``main``'s kernel calls return."""
+    return sum(ty.ndim == 0 for ty in _results(mod))
+
+
+def _compiled_with_and_without(mod: tvm.IRModule, x: np.ndarray, monkeypatch) -> tuple[np.ndarray, np.ndarray]:
+    """``mod`` compiled by edgetvm's pipeline and run on ``x``, with the pass and without it."""
+    outputs = []
+    for packing in (True, False):
+        if not packing:
+            monkeypatch.setattr(kernels_pipeline, "PackSmallResults", lambda: tvm.transform.Sequential([]))
+        lib = tvm.compile(mod, target=HOST, relax_pipeline=kernels_pipeline.relax_pipeline(HOST))
+        outputs.append(relax.VirtualMachine(lib, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy())
+    return outputs[0], outputs[1]
 
 
 def test_scales_used_in_turn_share_one_slot_written_in_place():
-    packed = pack_run_time_scales(_InTurn)
+    packed = pack_small_results(_InTurn)
     allocs = _calls(packed, "relax.builtin.alloc_tensor")
     assert len(allocs) == 1 and [int(d) for d in allocs[0].args[0].values] == [1]
     assert len(_calls(packed, "relax.call_tir_inplace")) == 2  # both stats calls write the slot
     assert _scale_results(packed) == 0
     stats = packed[packed.get_global_var("stats")]
     assert [p.name for p in stats.params] == ["x", PACKED_NAME, "y"]  # in place: among the inputs
-    x = np.array([3, -7, 1, 0.5, 2, -1, 4, 6], "float32")
+    x = np.random.default_rng(1).standard_normal(2048).astype("float32")
     np.testing.assert_array_equal(_run(packed, x), _run(_InTurn, x))
 
 
 def test_scales_alive_together_keep_their_tensors():
-    assert pack_run_time_scales(_Together).same_as(_Together)
+    assert pack_small_results(_Together).same_as(_Together)
 
 
 def _dynamic_chain(widths: list[int]) -> tvm.IRModule:
@@ -165,30 +181,57 @@ def test_a_dynamic_chain_keeps_no_scale_tensor_and_its_numbers(fusion_stage, mon
     mod = _dynamic_chain([24, 16, 24, 16])
     scheduled = _scheduled(fusion_stage, mod)
     assert _scale_results(scheduled) == 4
-    packed = pack_run_time_scales(scheduled)
+    packed = pack_small_results(scheduled)
     assert _scale_results(packed) == 0
     allocs = _calls(packed, "relax.builtin.alloc_tensor")
     assert len(allocs) == 1 and [int(d) for d in allocs[0].args[0].values] == [2]  # a slot for every other scale
 
     x = np.random.default_rng(0).standard_normal((1, 16, 12, 12)).astype("float32")
-    compiled = relax.VirtualMachine(
-        tvm.compile(mod, target=HOST, relax_pipeline=kernels_pipeline.relax_pipeline(HOST)), tvm.cpu()
-    )["main"](tvm.runtime.tensor(x)).numpy()
-    monkeypatch.setattr(kernels_pipeline, "PackRunTimeScales", lambda: tvm.transform.Sequential([]))
-    apart = relax.VirtualMachine(
-        tvm.compile(mod, target=HOST, relax_pipeline=kernels_pipeline.relax_pipeline(HOST)), tvm.cpu()
-    )["main"](tvm.runtime.tensor(x)).numpy()
-    np.testing.assert_array_equal(compiled, apart)  # where the scalars live moves, not a bit of the result
+    packed, apart = _compiled_with_and_without(mod, x, monkeypatch)
+    np.testing.assert_array_equal(packed, apart)  # where the scalars live moves, not a bit of the result
 
 
 def test_a_kernel_reading_and_writing_one_slot_keeps_its_tensors(fusion_stage):
     """Equal layers share one kernel that reads its input's scale and writes its output's, which would be one
     slot: the kernel could write it before it has read it, so the scales stay tensors."""
     scheduled = _scheduled(fusion_stage, _dynamic_chain([16, 16, 16]))
-    assert pack_run_time_scales(scheduled).same_as(scheduled)
+    assert pack_small_results(scheduled).same_as(scheduled)
 
 
 def test_a_node_the_substitution_does_not_rebuild_is_refused():
     loop = tirx.While(tirx.const(False, "bool"), tirx.Evaluate(tirx.const(0, "int32")))
     with pytest.raises(UnsupportedNode):
         BufferSubstitution({}).stmt(loop)
+
+
+def _squeeze_excite() -> tvm.IRModule:
+    """x * sigmoid(conv(relu(conv(mean(x))))) in float: the channel means (16) and the squeezed vector (4) are
+    small results, the map and the gated map are not."""
+    rng = np.random.default_rng(3)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 16, 12, 12), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            means = bb.emit(R.mean(x, axis=[2, 3], keepdims=True))
+            squeeze = relax.const(rng.standard_normal((4, 16, 1, 1)).astype("float32"))
+            excite = relax.const(rng.standard_normal((16, 4, 1, 1)).astype("float32"))
+            gates = bb.emit(R.sigmoid(R.nn.conv2d(R.nn.relu(R.nn.conv2d(means, squeeze)), excite)))
+            out = bb.emit_output(R.multiply(x, gates))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_squeeze_excite_vectors_take_slots_of_the_packed_tensor(fusion_stage, monkeypatch):
+    mod = _squeeze_excite()
+    scheduled = _scheduled(fusion_stage, mod)
+    small = [ty for ty in _results(scheduled) if 0 < int(np.prod([int(d) for d in ty.shape.values])) <= MAX_VALUES]
+    assert len(small) >= 2
+    packed = pack_small_results(scheduled)
+    sizes = [int(np.prod([int(d) for d in ty.shape.values])) for ty in _results(packed)]
+    allocs = _calls(packed, "relax.builtin.alloc_tensor")
+    assert len(allocs) == 1
+    assert all(size > MAX_VALUES or size == int(allocs[0].args[0].values[0]) for size in sizes)  # maps or the pack
+
+    x = np.random.default_rng(0).standard_normal((1, 16, 12, 12)).astype("float32")
+    with_pack, without = _compiled_with_and_without(mod, x, monkeypatch)
+    np.testing.assert_array_equal(with_pack, without)
