@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import tvm
 from tvm import relax, tirx
-from tvm.script import ir as I
 from tvm.script import relax as R
 from tvm.script import tirx as T
 
@@ -16,78 +15,58 @@ from edgetvm.kernels_schedules.tir_nodes import UnsupportedNode
 from edgetvm.pipeline.passes import DynamicQuantize
 
 HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
-_MAP = R.Tensor((2048,), "float32")  # more than MAX_VALUES: only the scales are small
-_SCALE = R.Tensor((), "float32")
+_MAP = relax.TensorType((2048,), "float32")  # more than MAX_VALUES: only the scales are small
+_SCALE = relax.TensorType((), "float32")
 
 
-# stats: y = x + 1 and s = max|x|; divide: z = y / s. Called twice each, one scale used before the next is made.
-@I.ir_module
-class _InTurn:
-    @T.prim_func(private=True, s_tir=True)
-    def stats(x: T.Buffer((2048,), "float32"), y: T.Buffer((2048,), "float32"), s: T.Buffer((), "float32")):
-        for i in range(2048):
-            with T.sblock("y"):
-                vi = T.axis.spatial(2048, i)
-                y[vi] = x[vi] + T.float32(1)
-        for i in range(2048):
-            with T.sblock("s"):
-                vi = T.axis.reduce(2048, i)
-                with T.init():
-                    s[()] = T.float32(0)
-                s[()] = T.max(s[()], T.fabs(x[vi]))
-
-    @T.prim_func(private=True, s_tir=True)
-    def divide(y: T.Buffer((2048,), "float32"), s: T.Buffer((), "float32"), z: T.Buffer((2048,), "float32")):
-        for i in range(2048):
-            with T.sblock("z"):
-                vi = T.axis.spatial(2048, i)
-                z[vi] = y[vi] / s[()]
-
-    @R.function
-    def main(x: R.Tensor((2048,), "float32")) -> R.Tensor((2048,), "float32"):
-        cls = _InTurn
-        with R.dataflow():
-            a = R.call_tir(cls.stats, (x,), out_ty=[_MAP, _SCALE])
-            z = R.call_tir(cls.divide, (a[0], a[1]), out_ty=_MAP)
-            b = R.call_tir(cls.stats, (z,), out_ty=[_MAP, _SCALE])
-            out = R.call_tir(cls.divide, (b[0], b[1]), out_ty=_MAP)
-            R.output(out)
-        return out
+@T.prim_func(private=True, s_tir=True)
+def _stats(x: T.Buffer((2048,), "float32"), y: T.Buffer((2048,), "float32"), s: T.Buffer((), "float32")):
+    for i in range(2048):
+        with T.sblock("y"):
+            vi = T.axis.spatial(2048, i)
+            y[vi] = x[vi] + T.float32(1)
+    for i in range(2048):
+        with T.sblock("s"):
+            vi = T.axis.reduce(2048, i)
+            with T.init():
+                s[()] = T.float32(0)
+            s[()] = T.max(s[()], T.fabs(x[vi]))
 
 
-# The same kernels, both scales made before either is used: one slot cannot hold them.
-@I.ir_module
-class _Together:
-    @T.prim_func(private=True, s_tir=True)
-    def stats(x: T.Buffer((2048,), "float32"), y: T.Buffer((2048,), "float32"), s: T.Buffer((), "float32")):
-        for i in range(2048):
-            with T.sblock("y"):
-                vi = T.axis.spatial(2048, i)
-                y[vi] = x[vi] + T.float32(1)
-        for i in range(2048):
-            with T.sblock("s"):
-                vi = T.axis.reduce(2048, i)
-                with T.init():
-                    s[()] = T.float32(0)
-                s[()] = T.max(s[()], T.fabs(x[vi]))
+@T.prim_func(private=True, s_tir=True)
+def _divide(y: T.Buffer((2048,), "float32"), s: T.Buffer((), "float32"), z: T.Buffer((2048,), "float32")):
+    for i in range(2048):
+        with T.sblock("z"):
+            vi = T.axis.spatial(2048, i)
+            z[vi] = y[vi] / s[()]
 
-    @T.prim_func(private=True, s_tir=True)
-    def divide(y: T.Buffer((2048,), "float32"), s: T.Buffer((), "float32"), z: T.Buffer((2048,), "float32")):
-        for i in range(2048):
-            with T.sblock("z"):
-                vi = T.axis.spatial(2048, i)
-                z[vi] = y[vi] / s[()]
 
-    @R.function
-    def main(x: R.Tensor((2048,), "float32")) -> R.Tensor((2048,), "float32"):
-        cls = _Together
-        with R.dataflow():
-            a = R.call_tir(cls.stats, (x,), out_ty=[_MAP, _SCALE])
-            b = R.call_tir(cls.stats, (a[0],), out_ty=[_MAP, _SCALE])
-            z = R.call_tir(cls.divide, (b[0], a[1]), out_ty=_MAP)
-            out = R.call_tir(cls.divide, (z, b[1]), out_ty=_MAP)
-            R.output(out)
-        return out
+def _two_scales(together: bool) -> tvm.IRModule:
+    """stats (y = x + 1 and s = max|x|) then divide (z = y / s), twice over: in turn (each scale used before the
+    next is made), or ``together`` (both scales made before either is used: one slot cannot hold them)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2048,), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            stats, divide = bb.add_func(_stats, "stats"), bb.add_func(_divide, "divide")
+
+            def call_stats(v):
+                result = bb.emit(relax.call_tir(stats, relax.Tuple([v]), [_MAP, _SCALE]))
+                return bb.emit(relax.TupleGetItem(result, 0)), bb.emit(relax.TupleGetItem(result, 1))
+
+            def call_divide(y, s):
+                return bb.emit(relax.call_tir(divide, relax.Tuple([y, s]), _MAP))
+
+            y, s = call_stats(x)
+            if together:
+                y2, s2 = call_stats(y)
+                out = call_divide(call_divide(y2, s), s2)
+            else:
+                y2, s2 = call_stats(call_divide(y, s))
+                out = call_divide(y2, s2)
+            out = bb.emit_output(out)
+        bb.emit_func_output(out)
+    return bb.get()
 
 
 def _calls(mod: tvm.IRModule, op: str) -> list[relax.Call]:
@@ -130,7 +109,8 @@ def _compiled_with_and_without(mod: tvm.IRModule, x: np.ndarray, monkeypatch) ->
 
 
 def test_scales_used_in_turn_share_one_slot_written_in_place():
-    packed = pack_small_results(_InTurn)
+    in_turn = _two_scales(together=False)
+    packed = pack_small_results(in_turn)
     allocs = _calls(packed, "relax.builtin.alloc_tensor")
     assert len(allocs) == 1 and [int(d) for d in allocs[0].args[0].values] == [1]
     assert len(_calls(packed, "relax.call_tir_inplace")) == 2  # both stats calls write the slot
@@ -138,11 +118,12 @@ def test_scales_used_in_turn_share_one_slot_written_in_place():
     stats = packed[packed.get_global_var("stats")]
     assert [p.name for p in stats.params] == ["x", PACKED_NAME, "y"]  # in place: among the inputs
     x = np.random.default_rng(1).standard_normal(2048).astype("float32")
-    np.testing.assert_array_equal(_run(packed, x), _run(_InTurn, x))
+    np.testing.assert_array_equal(_run(packed, x), _run(in_turn, x))
 
 
 def test_scales_alive_together_keep_their_tensors():
-    assert pack_small_results(_Together).same_as(_Together)
+    together = _two_scales(together=True)
+    assert pack_small_results(together).same_as(together)
 
 
 def _dynamic_chain(widths: list[int]) -> tvm.IRModule:
