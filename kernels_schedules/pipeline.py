@@ -15,12 +15,10 @@ from edgetvm.kernels_schedules.fold_affine import FoldAffine
 from edgetvm.kernels_schedules.int8_conv_layout import Int8ConvLayout
 from edgetvm.kernels_schedules.join_channel_reductions import JoinChannelReductions
 from edgetvm.kernels_schedules.join_quantize_outputs import JoinQuantizeOutputs
+from edgetvm.kernels_schedules.kernel_passes import kernel_passes
 from edgetvm.kernels_schedules.pack_small_results import PackSmallResults
 from edgetvm.kernels_schedules.pad_conv_channels import PadConvChannels
 from edgetvm.kernels_schedules.quantize_in_consumer import QuantizeInConsumer
-from edgetvm.kernels_schedules.reassociate_run_time_scales import ReassociateRunTimeScales
-from edgetvm.kernels_schedules.round_in_conversion import RoundInConversion
-from edgetvm.kernels_schedules.share_parallel_launches import ShareParallelLaunches
 from edgetvm.kernels_schedules.split_broadcast_quantize import SplitBroadcastQuantize
 from edgetvm.kernels_schedules.unfold_columns_kernel import UnfoldColumnsKernel
 from edgetvm.kernels_schedules.vectorizable_intrinsics import register as register_vectorizable_intrinsics
@@ -87,10 +85,7 @@ def relax_pipeline(target: tvm.target.Target, report: ScheduleReport | None = No
                 passes.append(tuned)
             if schedules:
                 passes.append(ApplyCPUSchedules(target, report))
-                # On default and tuned schedules alike:
-                passes.append(ReassociateRunTimeScales())
-                passes.append(RoundInConversion())
-                passes.append(ShareParallelLaunches())
+                passes += kernel_passes()
                 passes.append(PackSmallResults())
             passes += cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
             # A kernel with several results (a layer and its output's max|x|, two reductions of one map) leaves a

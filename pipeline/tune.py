@@ -588,19 +588,23 @@ def measurer_here(target: TargetPreset, runner, workers: int) -> Measurer:
 
 
 def _build(mod, target, _params):
-    """MetaSchedule's default build without ``import tvm.s_tir.tensor_intrin``.
+    """MetaSchedule's default build without ``import tvm.s_tir.tensor_intrin``, with a compile's passes over
+    scheduled kernels (``kernels_schedules.kernel_passes``: a candidate is timed as a compile builds it).
 
     The default imports every tensor intrinsic (mostly CUDA's) in each new builder worker, 35-45 s on a small
     machine: longer than the build timeout, which then fails every candidate. Candidates arrive scheduled, so
     the intrinsics' registry is not needed to build them.
     """
+    import tvm
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
+    from edgetvm.kernels_schedules.kernel_passes import kernel_passes
     from edgetvm.kernels_schedules.vectorizable_intrinsics import register
 
     register()  # a candidate's quantizing epilogue vectorizes as it does in a compile
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    mod = tvm.transform.Sequential(kernel_passes())(mod)
     return tvm_build(mod, target=target)
 
 

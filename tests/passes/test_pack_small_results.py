@@ -9,6 +9,7 @@ from tvm.script import relax as R
 from tvm.script import tirx as T
 
 from edgetvm.kernels_schedules import pipeline as kernels_pipeline
+from edgetvm.kernels_schedules.kernel_passes import kernel_passes
 from edgetvm.kernels_schedules.pack_small_results import MAX_VALUES, PACKED_NAME, pack_small_results
 from edgetvm.kernels_schedules.substitute_buffers import BufferSubstitution
 from edgetvm.kernels_schedules.tir_nodes import UnsupportedNode
@@ -151,8 +152,7 @@ def _scheduled(fusion_stage, mod: tvm.IRModule) -> tvm.IRModule:
     passes = [
         *kernels_pipeline.fusion_passes(HOST),
         kernels_pipeline.ApplyCPUSchedules(HOST, None),
-        kernels_pipeline.ReassociateRunTimeScales(),
-        kernels_pipeline.ShareParallelLaunches(),
+        *kernel_passes(),
     ]
     return fusion_stage.run(mod, HOST, passes)
 

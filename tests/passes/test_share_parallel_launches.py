@@ -103,3 +103,11 @@ def test_the_root_block_keeps_its_buffers():
     shared = share_launches(_two_loops)
     assert [buf.name for buf in shared.body.block.alloc_buffers] == ["b"]
     assert isinstance(shared.body, s_tir.SBlockRealize)
+
+
+def test_the_tuner_builds_candidates_as_a_compile_does():
+    """MetaSchedule's builder runs a compile's passes over scheduled kernels: a candidate is timed as built."""
+    from edgetvm.pipeline.tune import _build
+
+    built = _build(tvm.IRModule({"main": _two_loops}), HOST, None)
+    assert "TVMBackendParallelBarrier" in built.inspect_source("ll")
