@@ -29,6 +29,7 @@ from tvm import relax, tirx
 
 from edgetvm.kernels_schedules.substitute_buffers import Element, substitute_buffers
 from edgetvm.kernels_schedules.tir_nodes import UnsupportedNode
+from edgetvm.pipeline.passes.bindings import static_type_shape
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,10 @@ MAX_VALUES = 1024  # 4 KB: a squeeze-excite vector of up to 1024 channels; maps 
 
 def _shape(ty) -> tuple[int, ...] | None:
     """The dimensions of a small float32 tensor type, else None."""
-    if not isinstance(ty, relax.TensorType) or str(ty.dtype) != "float32" or ty.shape is None:
+    shape = static_type_shape(ty)
+    if shape is None or str(ty.dtype) != "float32" or int(np.prod(shape, dtype=np.int64)) > MAX_VALUES:
         return None
-    dims = getattr(ty.shape, "values", None)
-    if dims is None or not all(isinstance(d, tirx.IntImm) for d in dims):
-        return None
-    shape = tuple(int(d) for d in dims)
-    return shape if int(np.prod(shape, dtype=np.int64)) <= MAX_VALUES else None
+    return shape
 
 
 @dataclass
@@ -61,10 +59,9 @@ class _Call:
 
 @dataclass
 class _Small:
-    """A small result of ``producer`` (result ``position``, of ``shape``), bound to ``var``; ``uses`` are (call
-    index, argument position) pairs."""
+    """A small result of ``producer`` (result ``position``, of ``shape``); ``uses`` are (call index, argument
+    position) pairs."""
 
-    var: relax.Var
     shape: tuple[int, ...]
     producer: _Call
     position: int
@@ -111,7 +108,7 @@ class _Plan:
     count: int  # values of the packed tensor
 
 
-def _plan(mod: tvm.IRModule, block: relax.DataflowBlock, result: relax.Expr) -> tuple[_Plan, dict, dict] | None:
+def _plan(mod: tvm.IRModule, block: relax.DataflowBlock, result: relax.Expr) -> tuple[_Plan, dict] | None:
     calls: dict[int, _Call] = {}
     smalls: dict[relax.Var, _Small] = {}
     tuple_of: dict[relax.Var, _Call] = {}
@@ -120,7 +117,7 @@ def _plan(mod: tvm.IRModule, block: relax.DataflowBlock, result: relax.Expr) -> 
         if call is not None:
             calls[index] = call
             if len(call.outs) == 1 and _shape(call.outs[0]) is not None:
-                smalls[binding.var] = _Small(binding.var, _shape(call.outs[0]), call, 0)
+                smalls[binding.var] = _Small(_shape(call.outs[0]), call, 0)
             elif len(call.outs) > 1:
                 tuple_of[binding.var] = call
             continue
@@ -129,15 +126,19 @@ def _plan(mod: tvm.IRModule, block: relax.DataflowBlock, result: relax.Expr) -> 
             call = tuple_of[value.tuple_value]
             shape = _shape(call.outs[value.index])
             if shape is not None:
-                smalls[binding.var] = _Small(binding.var, shape, call, value.index)
+                smalls[binding.var] = _Small(shape, call, value.index)
 
-    # Where each small result is used: only as a kernel call's argument counts; anything else keeps it a tensor.
+    # Where each small result is used: only as a kernel call's argument counts; anything else keeps it a tensor,
+    # and so does a result tuple used whole (not by item) keep all its results.
+    whole_tuples: set[relax.Var] = set()
     for index, binding in enumerate(block.bindings):
         value = binding.value
         call = calls.get(index)
         if isinstance(value, relax.TupleGetItem) and value.tuple_value in tuple_of:
             continue
         for var in relax.analysis.free_vars(value):
+            if var in tuple_of:
+                whole_tuples.add(var)
             small = smalls.get(var)
             if small is None:
                 continue
@@ -148,15 +149,10 @@ def _plan(mod: tvm.IRModule, block: relax.DataflowBlock, result: relax.Expr) -> 
     for var in relax.analysis.free_vars(result):
         if var in smalls:
             smalls[var].eligible = False
-    for var, call in tuple_of.items():  # a result tuple used whole (not by item) keeps its results tensors
-        for binding in block.bindings:
-            value = binding.value
-            if not (isinstance(value, relax.TupleGetItem) and value.tuple_value.same_as(var)) and any(
-                v.same_as(var) for v in relax.analysis.free_vars(value)
-            ):
-                for small in smalls.values():
-                    if small.producer is call:
-                        small.eligible = False
+        whole_tuples.update([var] if var in tuple_of else [])
+    for small in smalls.values():
+        if small.producer.binding.var in whole_tuples:
+            small.eligible = False
 
     # Kernel parameters a result passes through share a slot.
     classes = _UnionFind()
@@ -204,11 +200,7 @@ def _plan(mod: tvm.IRModule, block: relax.DataflowBlock, result: relax.Expr) -> 
     slots = {key: offsets[classes.find(key)] for key in classes.parent if classes.find(key) in offsets}
     if sum(len(members[root]) for root in live) < 2:
         return None
-    return _Plan(slots, count), calls, tuple_of
-
-
-def _packed_type(count: int) -> relax.TensorType:
-    return relax.TensorType([count], "float32")
+    return _Plan(slots, count), calls
 
 
 def _rewrite_kernel(func: tirx.PrimFunc, inputs: int, slots: dict[int, int], count: int) -> tirx.PrimFunc:
@@ -237,7 +229,7 @@ def pack_small_results(mod: tvm.IRModule) -> tvm.IRModule:
     planned = _plan(mod, block, main.body.body)
     if planned is None:
         return mod
-    plan, calls, tuple_of = planned
+    plan, calls = planned
 
     # Each kernel's parameters in a slot; kernels whose slots are written are called in place.
     kernels: dict[str, dict[int, int]] = {}
@@ -257,7 +249,7 @@ def pack_small_results(mod: tvm.IRModule) -> tvm.IRModule:
     builder = relax.BlockBuilder(tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos))
     gvars = {name: builder.add_func(func, name) for name, func in rewritten.items()}
 
-    packed_ty = _packed_type(plan.count)
+    packed_ty = relax.TensorType([plan.count], "float32")
     current = relax.DataflowVar(PACKED_NAME, packed_ty)
     bindings = [relax.VarBinding(current, relax.op.builtin.alloc_tensor(relax.ShapeExpr([plan.count]), "float32", 0))]
     new_tuples: dict[relax.Var, tuple[relax.Var, dict[int, int]]] = {}  # old tuple var -> (new var, old -> new item)

@@ -19,7 +19,11 @@ def mutate_main(mod: tvm.IRModule, mutator: type) -> tvm.IRModule:
 
 def static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
     """The dimensions of ``expr``'s tensor; None when it is not a tensor or a dimension is not a constant."""
-    ty = expr.ty
+    return static_type_shape(expr.ty)
+
+
+def static_type_shape(ty) -> tuple[int, ...] | None:
+    """``static_shape`` of a type (a call's result types, before anything is bound to them)."""
     if not isinstance(ty, relax.TensorType) or ty.shape is None:
         return None
     dims = getattr(ty.shape, "values", None)
