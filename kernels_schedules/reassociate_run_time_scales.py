@@ -10,22 +10,17 @@ PP-OCR's 1x2x96x32 -> 200 conv in ``w8a8-dynamic`` (alone, its float input quant
 threads of a Zen 4, interleaved): 7.24 -> 6.7-6.8 us, as fast as without the second multiply at all. The product
 rounds once before the multiply rather than after it: results move by an ulp at most.
 
-Only expressions inside block bodies are rewritten (the statements are rebuilt around them); a ``Call``'s
-arguments are rewritten too (a requantize's rounding).
+Every expression of a kernel is looked at (``tir_nodes.TIRMutator``), a ``Call``'s arguments too (a requantize's
+rounding); a kernel holding a node kind the mutator does not rebuild is left as it is.
 """
 
 from __future__ import annotations
 
 import tvm
-from tvm import s_tir, tirx
+from tvm import tirx
 from tvm.ir import expr as ir_expr
 
-from edgetvm.kernels_schedules.tir_nodes import (
-    block_with_body,
-    loop_with,
-    realize_with_block,
-    rewrite_prim_funcs,
-)
+from edgetvm.kernels_schedules.tir_nodes import TIRMutator, rewrite_prim_funcs
 
 _BINARY = (tirx.Add, tirx.Sub, tirx.Mul, tirx.Div, tirx.Min, tirx.Max)
 
@@ -54,68 +49,28 @@ def _is_float(expr) -> bool:
     return str(expr.ty.dtype).startswith("float")
 
 
-def _same(new, old) -> bool:
-    return all(a.same_as(b) for a, b in zip(new, old, strict=True))
+class _Reassociate(TIRMutator):
+    def rewrite(self, e):
+        if (
+            isinstance(e, tirx.Mul)
+            and _is_float(e)
+            and isinstance(e.a, tirx.Mul)
+            and _is_scalar(e.a.b)
+            and not _is_scalar(e.a.a)
+            and _is_vector_load(e.b)
+        ):
+            return tirx.Mul(e.a.a, tirx.Mul(e.a.b, e.b))
+        return e
 
 
 def rewrite_expr(expr):
     """``expr`` with every ``(a * s) * load`` (``s`` scalar, ``a`` not) as ``a * (s * load)``."""
-    if isinstance(expr, _BINARY):
-        a, b = rewrite_expr(expr.a), rewrite_expr(expr.b)
-        if (
-            isinstance(expr, tirx.Mul)
-            and _is_float(expr)
-            and isinstance(a, tirx.Mul)
-            and _is_scalar(a.b)
-            and not _is_scalar(a.a)
-            and _is_vector_load(b)
-        ):
-            return tirx.Mul(a.a, tirx.Mul(a.b, b))
-        return expr if a.same_as(expr.a) and b.same_as(expr.b) else type(expr)(a, b)
-    if isinstance(expr, tirx.Cast):
-        value = rewrite_expr(expr.value)
-        return expr if value.same_as(expr.value) else tirx.Cast(str(expr.ty.dtype), value)
-    if isinstance(expr, tirx.Select):
-        old = (expr.condition, expr.true_value, expr.false_value)
-        parts = [rewrite_expr(x) for x in old]
-        return expr if _same(parts, old) else tirx.Select(*parts)
-    if isinstance(expr, ir_expr.Call) and isinstance(expr.op, tvm.ir.Op):
-        args = [rewrite_expr(x) for x in expr.args]
-        if _same(args, expr.args):
-            return expr
-        return ir_expr.Call(expr.op, args, expr.attrs, expr.ty_args, expr.span, ret_ty=expr.ty)
-    return expr
-
-
-def _rewrite_stmt(stmt):
-    """``stmt`` with the values its blocks store rewritten; statements of other kinds are left as they are."""
-    if isinstance(stmt, tirx.BufferStore):
-        value = rewrite_expr(stmt.value)
-        return stmt if value.same_as(stmt.value) else tirx.BufferStore(stmt.buffer, value, stmt.indices)
-    if isinstance(stmt, tirx.SeqStmt):
-        parts = [_rewrite_stmt(s) for s in stmt]
-        return stmt if _same(parts, list(stmt)) else tirx.SeqStmt(parts)
-    if isinstance(stmt, tirx.For):
-        body = _rewrite_stmt(stmt.body)
-        return stmt if body.same_as(stmt.body) else loop_with(stmt, body=body)
-    if isinstance(stmt, tirx.AttrStmt):
-        body = _rewrite_stmt(stmt.body)
-        return stmt if body.same_as(stmt.body) else tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, body)
-    if isinstance(stmt, s_tir.SBlockRealize):
-        block = _rewrite_block(stmt.block)
-        return stmt if block.same_as(stmt.block) else realize_with_block(stmt, block)
-    return stmt
-
-
-def _rewrite_block(block: s_tir.SBlock) -> s_tir.SBlock:
-    body = _rewrite_stmt(block.body)
-    return block if body.same_as(block.body) else block_with_body(block, body)
+    return _Reassociate().expr(expr)
 
 
 def reassociate(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func`` with its run-time scalar scales multiplied into the loads they scale (unchanged if none)."""
-    body = _rewrite_stmt(func.body)
-    return func if body.same_as(func.body) else func.with_body(body)
+    return _Reassociate().prim_func(func)
 
 
 @tvm.transform.module_pass(opt_level=0, name="ReassociateRunTimeScales")

@@ -185,6 +185,11 @@ class TIRMutator:
         )
 
     def prim_func(self, func: tirx.PrimFunc) -> tirx.PrimFunc:
-        """``func`` with its body rewritten (the same object when nothing changed)."""
-        body = self.stmt(func.body)
+        """``func`` with its body rewritten: the same object when nothing changed, or when the body holds a node
+        kind this mutator does not rebuild (what an optimising rewrite may skip; a rewrite that must reach every
+        access, such as ``substitute_buffers``, calls ``stmt`` and gets the ``UnsupportedNode``)."""
+        try:
+            body = self.stmt(func.body)
+        except UnsupportedNode:
+            return func
         return func if body.same_as(func.body) else func.with_body(body)

@@ -100,3 +100,10 @@ def test_the_same_integers_halves_to_even(func):
 def test_the_conversion_stays_vectorised_on_aarch64():
     asm = tvm.tirx.build(tvm.IRModule({"main": round_in_conversion(_unclamped)}), target=ARM).inspect_source("asm")
     assert "fcvtzs\tv" in asm or "fcvtns\tv" in asm  # a vector conversion, not a scalar loop
+
+
+def test_a_kernel_the_mutator_cannot_walk_is_left_as_it_is():
+    """An optimising rewrite skips a kernel holding a node kind ``TIRMutator`` does not rebuild (a ``While``)."""
+    loop = tvm.tirx.While(tvm.tirx.const(False, "bool"), tvm.tirx.Evaluate(tvm.tirx.const(0, "int32")))
+    func = tvm.tirx.PrimFunc([], loop)
+    assert round_in_conversion(func).same_as(func)
